@@ -1,0 +1,1 @@
+"""The CPU C++ backend (csrc/cpu), loaded through ``mtkernels.cpu.kernels``."""

@@ -1,0 +1,1 @@
+"""The CUDA C++ backend (csrc/cuda), loaded through ``mtkernels.cuda.kernels``."""

@@ -1,0 +1,103 @@
+"""Sampling on top of a backend's collab kernels, without materialising the vocabulary.
+
+Kernels (each one pass over the M inputs; ``sw = weights / temperature``, ``(B, M)``):
+
+    topk(logits, sw, V, k)                       -> values (B, k) f32 desc, ids (B, k) i64, lse (B,) f32
+    threshold_mass(logits, sw, V, theta, lse)    -> (B, T) f32: Σ_{z_j >= theta_bt} exp(z_j - lse_b)
+    gumbel_argmax(logits, sw, V, theta, keys)    -> ids (B,) i64, z (B,) f32: argmax_{z_j >= theta_b} z_j + G(key_b, j)
+
+Two paths:
+* top-k on (the usual case): one ``topk`` pass gives k candidates; top-p, min-p and the draw
+  happen on those (B, k) values with the spec's own filter.
+* top-k off: survivors are ``{z >= theta}``. min-p is a logit threshold (``z_max + log min_p``);
+  top-p's threshold is found exactly by a 16-way search over the float's order-preserving 32-bit
+  key, one ``threshold_mass`` pass per step: at most 8 passes (on CPU tensors it stops as soon as
+  every row has converged, usually after 6-8). The draw is one ``gumbel_argmax`` pass, and
+  log-probabilities one more ``threshold_mass`` pass.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from ..gumbel import gumbel_noise
+from ..reference.collab import filter_mask
+
+Tensor = torch.Tensor
+SEARCH_POINTS = 15  # thresholds per pass: each pass narrows the key interval 16-fold
+MAX_SEARCH_PASSES = 8  # 16**8 == 2**32 keys
+
+
+def float_to_key(x: Tensor) -> Tensor:
+    """Order-preserving map of float32 to [0, 2**32) as int64 (-inf < ... < +inf)."""
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return torch.where(bits >= 0x80000000, bits ^ 0xFFFFFFFF, bits | 0x80000000)
+
+
+def key_to_float(key: Tensor) -> Tensor:
+    bits = torch.where(key >= 0x80000000, key & 0x7FFFFFFF, key ^ 0xFFFFFFFF)
+    bits = torch.where(bits >= 0x80000000, bits - 2**32, bits)  # as signed int32
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def sample_candidates(values: Tensor, ids: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
+                      greedy: bool, keys: Tensor) -> Tuple[Tensor, Tensor]:
+    """Filter and draw among k sorted candidates ``(B, k)``; returns (ids (B,), logprobs (B,))."""
+    keep = filter_mask(values, top_k, top_p, min_p)
+    kept = values.masked_fill(~keep, float("-inf"))
+    if greedy:
+        pick = torch.zeros_like(ids[:, :1])
+    else:
+        pick = torch.argmax(kept + gumbel_noise(keys, ids), dim=1, keepdim=True)
+    token = ids.gather(1, pick).squeeze(1)
+    logprob = kept.gather(1, pick).squeeze(1) - torch.logsumexp(kept, dim=1)
+    return token, logprob
+
+
+def top_p_threshold(mass: Callable[[Tensor], Tensor], z_max: Tensor, top_p: Tensor) -> Tensor:
+    """The largest ``theta`` with ``Σ_{z >= theta} p >= top_p``, exactly, as a ``(B,)`` float32.
+
+    ``mass(thresholds (B, T)) -> (B, T)``. Invariant: ``mass(lo) >= top_p > mass(hi)`` on keys.
+    """
+    lo = float_to_key(torch.full_like(z_max, float("-inf")))
+    hi = float_to_key(z_max) + 1
+    steps = torch.arange(1, SEARCH_POINTS + 1, device=z_max.device, dtype=torch.int64)
+    for _ in range(MAX_SEARCH_PASSES):
+        if z_max.device.type == "cpu" and bool((hi - lo <= 1).all()):
+            break  # a free check on the CPU; on a GPU the fixed pass count avoids a sync
+        points = lo.unsqueeze(1) + ((hi - lo).unsqueeze(1) * steps) // (SEARCH_POINTS + 1)
+        reached = mass(key_to_float(points)) >= top_p.unsqueeze(1)
+        lo = torch.maximum(lo, torch.where(reached, points, lo.unsqueeze(1)).amax(1))
+        hi = torch.minimum(hi, torch.where(reached, hi.unsqueeze(1), points).amin(1))
+        hi = torch.maximum(hi, lo + 1)  # float sums need not be exactly monotone
+    return key_to_float(lo)
+
+
+def sample_full_vocab(kernels, logits, sw, vocab_size: int, top_p: Optional[Tensor], min_p: Optional[Tensor],
+                      greedy: bool, keys: Tensor, need_logprobs: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Top-k off: survivors ``{z >= theta}`` over the whole vocabulary (top_p/min_p None = off).
+
+    Returns ``(ids (B,), logprobs (B,) or zeros when not asked for, lse (B,))``."""
+    values, ids, lse = kernels["topk"](logits, sw, vocab_size, 1)
+    z_max, token, z_token = values[:, 0], ids[:, 0], values[:, 0]
+    if greedy and not need_logprobs:
+        return token, torch.zeros_like(lse), lse
+
+    def mass(thresholds: Tensor) -> Tensor:
+        return kernels["threshold_mass"](logits, sw, vocab_size, thresholds.contiguous(), lse)
+
+    theta = torch.full_like(z_max, float("-inf"))
+    if top_p is not None:
+        theta = top_p_threshold(mass, z_max, top_p)
+        theta = torch.where(top_p >= 1.0, float("-inf"), theta)  # rows with top-p off
+    if min_p is not None:
+        theta = torch.maximum(theta, z_max + torch.log(min_p))
+    theta = torch.minimum(theta, z_max)  # the arg-max always survives
+    if not greedy:
+        token, z_token = kernels["gumbel_argmax"](logits, sw, vocab_size, theta, keys)
+    if not need_logprobs:
+        return token, torch.zeros_like(lse), lse
+    kept_mass = mass(theta.unsqueeze(1)).squeeze(1)
+    return token, z_token - lse - torch.log(kept_mass), lse
