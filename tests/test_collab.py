@@ -1,0 +1,111 @@
+"""The public collab ops on every backend against the reference (SPEC §1)."""
+
+import pytest
+import torch
+
+import mtkernels
+from mtkernels.reference import collab as ref
+
+from .conftest import FUSED_BACKENDS, device_for
+
+ALL_BACKENDS = ["reference"] + FUSED_BACKENDS
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def make_logits(batch, vocabs, dtypes, seed=0, device="cpu", scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, v, generator=g) * scale).to(dtype).to(device) for v, dtype in zip(vocabs, dtypes)]
+
+
+def reference_z(logits, weights, temperature, vocab):
+    b, m = logits[0].shape[0], len(logits)
+    w = torch.as_tensor(weights, dtype=torch.float32).expand(b, m) if weights is not None else torch.ones(b, m)
+    t = torch.as_tensor(temperature, dtype=torch.float32).expand(b)
+    return ref.combined_logits([x.cpu() for x in logits], w, t, vocab)
+
+
+def assert_softmax_close(out, logits, weights, temperature, vocab, k):
+    z = reference_z(logits, weights, temperature, vocab)
+    lse = torch.logsumexp(z, 1)
+    values, ids = ref.sort_descending(z)
+    torch.testing.assert_close(out.lse.cpu(), lse.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.probs.cpu(), torch.exp(values[:, :k] - lse[:, None]).float(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.ids.cpu(), ids[:, :k])
+
+
+# --- fused_collab_softmax -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_models", [1, 2, 3])
+def test_softmax_small_odd_vocab(backend, dtype, num_models):
+    device = device_for(backend)
+    logits = make_logits(4, [1001] * num_models, [dtype] * num_models, device=device)
+    weights = [1.0, 1.0, -1.0][:num_models]
+    out = mtkernels.fused_collab_softmax(logits, weights, top_k=17, temperature=0.8, backend=backend)
+    assert out.probs.shape == (4, 17) and out.probs.dtype == torch.float32 and out.ids.dtype == torch.int64
+    assert_softmax_close(out, logits, weights, 0.8, 1001, 17)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("vocab", [32000, 128256])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_large_vocab(backend, vocab, dtype):
+    device = device_for(backend)
+    logits = make_logits(2, [vocab, vocab + 256], [dtype, torch.float32], seed=1, device=device)
+    out = mtkernels.fused_collab_softmax(logits, [1.0, 0.5], top_k=50, backend=backend)
+    assert_softmax_close(out, logits, [1.0, 0.5], 1.0, vocab, 50)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_softmax_stacked_per_row_params_and_masks(backend):
+    device = device_for(backend)
+    x = torch.randn(3, 5, 777, generator=torch.Generator().manual_seed(2))
+    x[0, :, 100:300] = float("-inf")  # masked in the large model: masked in z, whatever the weights
+    x[2, 1, ::3] = float("-inf")  # masked in the anti-expert (weight -1): still masked
+    weights = torch.tensor([[1.0, 1.0, -1.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [2.0, -1.0, 0.3], [1.0, 1.0, 1.0]])
+    temperature = torch.tensor([1.0, 0.5, 2.0, 0.7, 1.3])
+    out = mtkernels.fused_collab_softmax(x.to(device), weights.to(device), top_k=300, temperature=temperature,
+                                         backend=backend)
+    z = ref.combined_logits(list(x), weights, temperature, 777)
+    assert torch.isinf(z[:, 100:300]).all() and (z[1, ::3] == float("-inf")).all()
+    lse = torch.logsumexp(z, 1)
+    values, ids = ref.sort_descending(z)
+    torch.testing.assert_close(out.lse.cpu(), lse.float())
+    torch.testing.assert_close(out.probs.cpu(), torch.exp(values[:, :300] - lse[:, None]).float())
+    assert torch.equal(out.ids.cpu(), ids[:, :300])
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_softmax_ties_lowest_id_first_and_padded_heads(backend):
+    device = device_for(backend)
+    x = torch.randint(-2, 2, (4, 130)).float()
+    y = torch.randint(-2, 2, (4, 128)).to(torch.bfloat16)  # different V_m: the shared vocabulary is 128
+    out = mtkernels.fused_collab_softmax([x.to(device), y.to(device)], top_k=40, backend=backend)
+    assert_softmax_close(out, [x, y], None, 1.0, 128, 40)
+    out = mtkernels.fused_collab_softmax([x.to(device), y.to(device)], top_k=5, vocab_size=100, backend=backend)
+    assert_softmax_close(out, [x, y], None, 1.0, 100, 5)
+    assert (out.ids < 100).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_softmax_top_k_equal_to_vocab_sums_to_one(backend):
+    device = device_for(backend)
+    out = mtkernels.fused_collab_softmax(make_logits(3, [9, 9], DTYPES[:2], device=device), [0.3, 0.7], top_k=9,
+                                         backend=backend)
+    torch.testing.assert_close(out.probs.sum(1).cpu(), torch.ones(3))
+    assert sorted(out.ids[0].tolist()) == list(range(9))
+
+
+# --- collab_logits --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_collab_logits(backend, dtype):
+    device = device_for(backend)
+    logits = make_logits(3, [513, 600], [dtype, torch.float16], device=device)
+    logits[1][0, 7] = float("-inf")
+    z = mtkernels.collab_logits(logits, [1.0, -0.5], temperature=torch.tensor([1.0, 2.0, 0.5]), backend=backend)
+    expected = reference_z(logits, [1.0, -0.5], torch.tensor([1.0, 2.0, 0.5]), 513).float()
+    assert z.shape == (3, 513) and z.dtype == torch.float32 and z[0, 7] == float("-inf")
+    torch.testing.assert_close(z.cpu(), expected, rtol=1e-5, atol=1e-5)

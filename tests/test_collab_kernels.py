@@ -1,0 +1,130 @@
+"""Each fused backend's collab kernel primitives against their reference definitions."""
+
+import pytest
+import torch
+
+from mtkernels import backends
+from mtkernels.gumbel import row_keys
+from mtkernels.reference import kernels as ref
+
+from .conftest import device_for
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _inputs(batch, vocab, dtypes, device, seed=0, extra_cols=0, mask_frac=0.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = []
+    for m, dtype in enumerate(dtypes):
+        x = torch.randn(batch, vocab + extra_cols * m, generator=g) * (2.0 + m)
+        if mask_frac:
+            x[torch.rand(x.shape, generator=g) < mask_frac] = float("-inf")
+        logits.append(x.to(dtype).to(device))
+    sw = (torch.rand(batch, len(dtypes), generator=g) * 2 - 0.5).to(device)
+    return logits, sw
+
+
+def _k(backend, name):
+    return backends.kernel("collab", name, backend)
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 1000, 4099])
+@pytest.mark.parametrize("dtypes", [[torch.float32], [torch.bfloat16, torch.float16], DTYPES])
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_topk_matches_reference(fused_backend, vocab, dtypes, k):
+    k = min(k, vocab)
+    device = device_for(fused_backend)
+    logits, sw = _inputs(3, vocab, dtypes, device, extra_cols=3)
+    values, ids, lse = _k(fused_backend, "topk")(logits, sw, vocab, k)
+    rv, rids, rlse = ref.topk([x.cpu() for x in logits], sw.cpu(), vocab, k)
+    torch.testing.assert_close(lse.cpu(), rlse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values.cpu(), rv, rtol=1e-5, atol=1e-5)
+    assert ids.dtype == torch.int64 and values.dtype == torch.float32
+    assert torch.equal(ids.cpu(), rids)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 9])
+def test_topk_large_vocab_small_batch(fused_backend, batch):
+    vocab = 32000 + 7
+    device = device_for(fused_backend)
+    logits, sw = _inputs(batch, vocab, [torch.float32, torch.bfloat16], device, seed=3)
+    for k in (1, 50, 1024):
+        values, ids, lse = _k(fused_backend, "topk")(logits, sw, vocab, k)
+        rv, rids, rlse = ref.topk([x.cpu() for x in logits], sw.cpu(), vocab, k)
+        torch.testing.assert_close(lse.cpu(), rlse, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(values.cpu(), rv, rtol=1e-5, atol=1e-5)
+        assert torch.equal(ids.cpu(), rids)
+
+
+def test_topk_ties_masks_and_short_rows(fused_backend):
+    device = device_for(fused_backend)
+    vocab = 300
+    x = torch.randint(-3, 3, (4, vocab)).float()  # many exact ties
+    x[1, 10:] = float("-inf")  # only 10 finite tokens, k larger than that
+    x[2, :] = float("-inf")
+    x[2, 299] = 0.0  # a single finite token at the end
+    y = torch.randn(4, vocab)
+    y[3, ::2] = float("-inf")  # masked in the second model only: masked in z
+    sw = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, -1.0]])
+    logits = [x.to(device), y.to(device)]
+    values, ids, lse = _k(fused_backend, "topk")(logits, sw.to(device), vocab, 20)
+    rv, rids, rlse = ref.topk([x, y], sw, vocab, 20)
+    torch.testing.assert_close(lse.cpu(), rlse)
+    torch.testing.assert_close(values.cpu(), rv)
+    assert torch.equal(ids.cpu(), rids)
+
+
+def test_nan_and_all_masked_rows_give_non_finite_lse(fused_backend):
+    device = device_for(fused_backend)
+    x = torch.randn(3, 100)
+    x[0, 17] = float("nan")
+    x[1, :] = float("-inf")
+    _, _, lse = _k(fused_backend, "topk")([x.to(device)], torch.ones(3, 1, device=device), 100, 4)
+    assert torch.isnan(lse[0]) and lse[1] == float("-inf") and torch.isfinite(lse[2])
+
+
+@pytest.mark.parametrize("dtypes", [[torch.float32], DTYPES])
+def test_logits_matches_reference(fused_backend, dtypes):
+    device = device_for(fused_backend)
+    logits, sw = _inputs(5, 1031, dtypes, device, extra_cols=5, mask_frac=0.01)
+    z = _k(fused_backend, "logits")(logits, sw, 1031)
+    torch.testing.assert_close(z.cpu(), ref.logits([x.cpu() for x in logits], sw.cpu(), 1031), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [13, 4099])
+def test_threshold_mass_matches_reference(fused_backend, vocab):
+    device = device_for(fused_backend)
+    logits, sw = _inputs(4, vocab, [torch.float32, torch.float16], device, seed=5, mask_frac=0.05)
+    z = ref.logits([x.cpu() for x in logits], sw.cpu(), vocab)
+    lse = torch.logsumexp(z, dim=1)
+    # thresholds that are exact z values (ties at the boundary count as >=), -inf, and above the max
+    picks = torch.randint(0, vocab, (4, 5))
+    thresholds = torch.cat([z.gather(1, picks), torch.full((4, 1), float("-inf")), z.amax(1, keepdim=True) + 1], 1)
+    mass = _k(fused_backend, "threshold_mass")(logits, sw, vocab, thresholds.to(device), lse.to(device))
+    expected = ref.threshold_mass([x.cpu() for x in logits], sw.cpu(), vocab, thresholds, lse)
+    torch.testing.assert_close(mass.cpu(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [13, 4099, 32000])
+def test_gumbel_argmax_matches_reference(fused_backend, vocab):
+    device = device_for(fused_backend)
+    batch = 16
+    logits, sw = _inputs(batch, vocab, [torch.float32, torch.bfloat16], device, seed=7, mask_frac=0.02)
+    z = ref.logits([x.cpu() for x in logits], sw.cpu(), vocab)
+    threshold = torch.quantile(z.clamp_min(-1e4), 0.9, dim=1)
+    threshold[0] = float("-inf")
+    keys = row_keys(batch, torch.device("cpu"), torch.Generator().manual_seed(11))
+    ids, zs = _k(fused_backend, "gumbel_argmax")(logits, sw, vocab, threshold.to(device), keys.to(device))
+    rids, rzs = ref.gumbel_argmax([x.cpu() for x in logits], sw.cpu(), vocab, threshold, keys)
+    assert torch.equal(ids.cpu(), rids)
+    torch.testing.assert_close(zs.cpu(), rzs, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_do_not_modify_inputs(fused_backend):
+    device = device_for(fused_backend)
+    logits, sw = _inputs(2, 517, DTYPES, device, mask_frac=0.01)
+    before = [x.clone() for x in logits] + [sw.clone()]
+    _k(fused_backend, "topk")(logits, sw, 517, 8)
+    _k(fused_backend, "logits")(logits, sw, 517)
+    for a, b in zip(before, logits + [sw]):
+        assert torch.equal(a, b)

@@ -1,0 +1,139 @@
+"""fused_collab_sample: filters against Hugging Face's warpers, draws against the reference."""
+
+import pytest
+import torch
+
+import mtkernels
+from mtkernels.gumbel import row_keys
+from mtkernels.reference import collab as ref
+
+from .conftest import FUSED_BACKENDS, device_for
+from .test_collab import make_logits, reference_z
+
+ALL_BACKENDS = ["reference"] + FUSED_BACKENDS
+logits_process = pytest.importorskip("transformers.generation.logits_process")
+
+
+def hf_survivors(z, top_k, top_p, min_p):
+    """Token sets kept by Hugging Face's TopK -> TopP -> MinP warpers applied in that order."""
+    scores = z.float().clone()
+    if top_k:
+        scores = logits_process.TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = logits_process.TopPLogitsWarper(top_p)(None, scores)
+    if min_p > 0.0:
+        scores = logits_process.MinPLogitsWarper(min_p)(None, scores)
+    return scores > float("-inf")
+
+
+def rows(batch, value, dtype=torch.float32):
+    return torch.full((batch,), value, dtype=dtype)
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (50, 1.0, 0.0), (50, 0.8, 0.0), (0, 1.0, 0.1),
+                                               (20, 0.95, 0.05), (0, 0.5, 0.2), (1, 0.3, 0.0)])
+def test_reference_filter_equals_hugging_face_warpers(top_k, top_p, min_p):
+    z = reference_z(make_logits(8, [3001, 3001], [torch.float32] * 2, seed=4, scale=2.0), [1.0, 0.5], 1.0, 3001)
+    keep = ref.filter_mask(z, rows(8, top_k, torch.int64), rows(8, top_p), rows(8, min_p))
+    assert torch.equal(keep, hf_survivors(z, top_k, top_p, min_p))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (0, 1.0, 0.1), (0, 0.7, 0.05), (40, 1.0, 0.0),
+                                               (40, 0.9, 0.02), (1000, 0.99, 0.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_sample_equals_reference_token_for_token(backend, top_k, top_p, min_p, dtype):
+    """With the same per-row keys, every backend draws the very token the reference draws."""
+    device = device_for(backend)
+    batch, vocab = 24, 4099
+    logits = make_logits(batch, [vocab, vocab], [dtype, torch.float32], seed=5, device=device, scale=2.0)
+    kwargs = dict(temperature=0.9, top_k=top_k, top_p=top_p, min_p=min_p, return_logprobs=True)
+    ids, logprobs = mtkernels.fused_collab_sample(logits, [1.0, -0.3], generator=torch.Generator().manual_seed(9),
+                                                  backend=backend, **kwargs)
+    rids, rlogprobs = mtkernels.fused_collab_sample([x.cpu() for x in logits], [1.0, -0.3], backend="reference",
+                                                    generator=torch.Generator().manual_seed(9), **kwargs)
+    assert torch.equal(ids.cpu(), rids)
+    torch.testing.assert_close(logprobs.cpu(), rlogprobs, rtol=1e-4, atol=1e-4)
+    z = reference_z(logits, [1.0, -0.3], 0.9, vocab)
+    assert hf_survivors(z, top_k, top_p, min_p).gather(1, ids.cpu()[:, None]).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_sample_per_row_parameters(backend):
+    device = device_for(backend)
+    batch, vocab = 6, 1000
+    logits = make_logits(batch, [vocab] * 3, [torch.float32, torch.float16, torch.bfloat16], seed=6, device=device)
+    top_k = torch.tensor([1, 5, 50, 1000, 20, 3])
+    top_p = torch.tensor([1.0, 0.5, 0.9, 0.3, 1.0, 0.99])
+    min_p = torch.tensor([0.0, 0.0, 0.1, 0.0, 0.5, 0.01])
+    temperature = torch.tensor([1.0, 0.3, 2.0, 1.0, 0.7, 1.5])
+    weights = torch.tensor([[1.0, 1.0, -1.0]] * 3 + [[0.5, 0.5, 0.0]] * 3)
+    keys = row_keys(batch, torch.device("cpu"), torch.Generator().manual_seed(3))
+    ids = mtkernels.fused_collab_sample(logits, weights, temperature=temperature, top_k=top_k, top_p=top_p,
+                                        min_p=min_p, generator=torch.Generator().manual_seed(3), backend=backend)
+    w = weights.clone()
+    rids, _ = ref.sample([x.cpu() for x in logits], w, temperature, vocab, top_k, top_p, min_p, False, keys)
+    assert torch.equal(ids.cpu(), rids)
+    z = ref.combined_logits([x.cpu() for x in logits], w, temperature, vocab)
+    assert ids[0].item() == z[0].argmax().item()  # row 0 has top_k=1: its draw is the arg-max
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("top_k", [0, 10])
+def test_greedy_is_argmax_with_lowest_id_on_ties(backend, top_k):
+    device = device_for(backend)
+    x = torch.randint(-3, 3, (16, 500)).float()
+    x[:, 0] = -10.0
+    ids, logprobs = mtkernels.fused_collab_sample([x.to(device)], greedy=True, top_k=top_k, top_p=0.8,
+                                                  return_logprobs=True, backend=backend)
+    best = x.max(1, keepdim=True).values
+    first_best = (x == best).int().argmax(1)  # first occurrence
+    assert torch.equal(ids.cpu(), first_best)
+    assert (logprobs <= 0).all() and torch.isfinite(logprobs).all()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_same_seed_same_tokens_different_seed_different_tokens(backend):
+    device = device_for(backend)
+    logits = make_logits(64, [2000, 2000], [torch.float32] * 2, seed=7, device=device, scale=0.5)
+
+    def draw(seed):
+        return mtkernels.fused_collab_sample(logits, [1.0, 1.0], top_p=0.95,
+                                             generator=torch.Generator().manual_seed(seed), backend=backend)
+
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.0), (8, 0.9, 0.0), (0, 0.8, 0.05)])
+def test_draws_follow_the_filtered_distribution(backend, top_k, top_p, min_p):
+    """Chi-square goodness of fit of 6000 draws (fixed seed: the verdict is deterministic)."""
+    device = device_for(backend)
+    draws, vocab = 6000, 40
+    row = torch.randn(1, vocab, generator=torch.Generator().manual_seed(8)) * 1.5
+    logits = [row.expand(draws, vocab).contiguous().to(device)]
+    ids = mtkernels.fused_collab_sample(logits, top_k=top_k, top_p=top_p, min_p=min_p,
+                                        generator=torch.Generator().manual_seed(0), backend=backend).cpu()
+    keep = ref.filter_mask(row.double(), rows(1, top_k, torch.int64), rows(1, top_p), rows(1, min_p))[0]
+    probs = torch.softmax(row[0].double().masked_fill(~keep, float("-inf")), 0)
+    counts = torch.bincount(ids, minlength=vocab).double()
+    assert counts[~keep].sum() == 0, "drew a filtered-out token"
+    expected = probs[keep] * draws
+    stat = ((counts[keep] - expected) ** 2 / expected).sum()
+    dof = int(keep.sum()) - 1
+    p_value = torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), stat / 2.0).item()
+    assert p_value > 1e-3, f"chi-square {stat.item():.1f} on {dof} dof, p = {p_value:.2e}"
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_logprobs_are_under_the_renormalised_survivors(backend):
+    device = device_for(backend)
+    logits = make_logits(10, [800], [torch.float32], seed=10, device=device)
+    for top_k, top_p in [(0, 0.9), (25, 1.0), (25, 0.5)]:
+        ids, logprobs = mtkernels.fused_collab_sample(logits, top_k=top_k, top_p=top_p, return_logprobs=True,
+                                                      generator=torch.Generator().manual_seed(1), backend=backend)
+        z = reference_z(logits, None, 1.0, 800)
+        keep = ref.filter_mask(z, rows(10, top_k, torch.int64), rows(10, top_p), rows(10, 0.0))
+        expected = torch.log_softmax(z.masked_fill(~keep, float("-inf")), 1).gather(1, ids.cpu()[:, None])[:, 0]
+        torch.testing.assert_close(logprobs.cpu(), expected.float(), rtol=1e-4, atol=1e-4)
