@@ -95,9 +95,8 @@ def normalize_weights(weights, num_models: int, batch: int, device: torch.device
                          f"models and batch B={batch}, got {tuple(w.shape)}")
     if w.device.type != "cpu" and w.device != device:
         raise ValueError(f"weights: on {w.device}, but logits are on {device}")
-    w = w.to(device=device, dtype=torch.float32).contiguous()
-    _check_values(w, "weights", lambda t: torch.isfinite(t).all(), "finite")
-    return w
+    _check_values(w, "weights", lambda t: torch.isfinite(t).all(), "finite")  # before the copy to the GPU
+    return w.to(device=device, dtype=torch.float32).contiguous()
 
 
 def _check_values(t: Tensor, name: str, ok, expected: str) -> None:
@@ -121,9 +120,8 @@ def per_row(value, name: str, batch: int, device: torch.device, dtype, check, ex
             raise TypeError(f"{name}: expected an {kind} tensor, got {value.dtype}")
         if value.device.type != "cpu" and value.device != device:
             raise ValueError(f"{name}: on {value.device}, but logits are on {device}")
-        t = value.to(device=device, dtype=dtype)
-        _check_values(t, name, check, expected)
-        return t
+        _check_values(value.to(dtype), name, check, expected)  # before the copy to the GPU
+        return value.to(device=device, dtype=dtype)
     want = numbers.Real if dtype.is_floating_point else numbers.Integral
     if not isinstance(value, want) or isinstance(value, bool):
         raise TypeError(f"{name}: expected a {'float' if dtype.is_floating_point else 'int'} or a ({batch},) tensor, "
