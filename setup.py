@@ -26,7 +26,7 @@ def _extensions():
         print("mtkernels: no C++ compiler found; building no C++ extension", file=sys.stderr)
         return [], {}
     arch = os.environ.get("MTKERNELS_CPU_ARCH", "native")
-    cxx_flags = ["-O3", "-std=c++17", f"-march={arch}", "-fno-math-errno", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", f"-march={arch}", "-fno-math-errno", "-fopenmp"]
     exts = [
         cpp_extension.CppExtension(
             "mtkernels._C",

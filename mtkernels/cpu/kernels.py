@@ -1,8 +1,15 @@
-"""The cpu backend: C++ kernels from csrc/cpu, built into ``mtkernels._C``."""
+"""The cpu backend: C++ kernels from csrc/cpu, built into ``mtkernels._C``.
+
+The four collab primitives are thin wrappers around ``torch.ops.mtkernels_cpu.*`` (registered by
+the extension); arguments are already checked by ``mtkernels.ops``, the C++ side re-checks the
+basic preconditions.
+"""
 
 from __future__ import annotations
 
 import warnings
+
+import torch
 
 from ..backends import register_kernels
 
@@ -14,3 +21,26 @@ except ImportError as exc:
                   RuntimeWarning, stacklevel=2)
 else:
     UNAVAILABLE_REASON = None
+
+
+def topk(logits, scaled_weights, vocab_size, k):
+    return torch.ops.mtkernels_cpu.collab_topk(list(logits), scaled_weights, int(vocab_size), int(k))
+
+
+def logits(logits, scaled_weights, vocab_size):  # noqa: F811  (the primitive's name)
+    return torch.ops.mtkernels_cpu.collab_logits(list(logits), scaled_weights, int(vocab_size))
+
+
+def threshold_mass(logits, scaled_weights, vocab_size, thresholds, lse):
+    return torch.ops.mtkernels_cpu.collab_threshold_mass(list(logits), scaled_weights, int(vocab_size),
+                                                         thresholds, lse)
+
+
+def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
+    return torch.ops.mtkernels_cpu.collab_gumbel_argmax(list(logits), scaled_weights, int(vocab_size),
+                                                        threshold, keys)
+
+
+if UNAVAILABLE_REASON is None:
+    register_kernels("cpu", "collab", topk=topk, logits=logits, threshold_mass=threshold_mass,
+                     gumbel_argmax=gumbel_argmax)
