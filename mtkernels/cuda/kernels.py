@@ -1,0 +1,45 @@
+"""The cuda backend: CUDA C++ kernels from csrc/cuda, built into ``mtkernels._C_cuda``.
+
+Thin wrappers over ``torch.ops.mtkernels_cuda.*`` (the four collab primitives of
+mtkernels/ops/collab_sampling.py). The fused top-k handles ``k <= 1024``; a wider ``k`` falls back to
+the ``logits`` kernel and a stable sort, which materialises ``(B, V)`` but stays exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends import register_kernels
+
+MAX_FUSED_TOP_K = 1024  # kMaxTopK in csrc/cuda/collab.cuh
+
+try:
+    from .. import _C_cuda  # noqa: F401  (registers torch.ops.mtkernels_cuda.*)
+except ImportError as exc:
+    UNAVAILABLE_REASON = (f"the CUDA extension mtkernels._C_cuda is not built ({exc}); "
+                          "reinstall with a CUDA build of torch and nvcc on the PATH")
+else:
+    UNAVAILABLE_REASON = None
+
+
+def topk(logits, scaled_weights, vocab_size, k):
+    if k > MAX_FUSED_TOP_K:
+        z = torch.ops.mtkernels_cuda.collab_logits(list(logits), scaled_weights, vocab_size)
+        values, ids = torch.sort(z, dim=1, descending=True, stable=True)
+        return values[:, :k].contiguous(), ids[:, :k].contiguous(), torch.logsumexp(z, dim=1)
+    return torch.ops.mtkernels_cuda.collab_topk(list(logits), scaled_weights, vocab_size, k)
+
+
+def logits(logits, scaled_weights, vocab_size):
+    return torch.ops.mtkernels_cuda.collab_logits(list(logits), scaled_weights, vocab_size)
+
+
+def threshold_mass(logits, scaled_weights, vocab_size, thresholds, lse):
+    return torch.ops.mtkernels_cuda.collab_threshold_mass(list(logits), scaled_weights, vocab_size, thresholds, lse)
+
+
+def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
+    return torch.ops.mtkernels_cuda.collab_gumbel_argmax(list(logits), scaled_weights, vocab_size, threshold, keys)
+
+
+register_kernels("cuda", "collab", topk=topk, logits=logits, threshold_mass=threshold_mass, gumbel_argmax=gumbel_argmax)
