@@ -1,0 +1,16 @@
+"""Benchmarks of the mtkernels ops against the PyTorch chains they replace.
+
+``collab`` defines the collaborative-decoding cases and baselines, ``runner`` runs them into
+records, ``report`` prints and saves them; ``benchmarks/bench_collab.py`` (pytest-benchmark) and
+``mtkernels bench`` (``mtkernels.cli``) both build on these.
+"""
+
+from .collab import OPS, CaseSpec, bench_backends, bind_case, case_specs
+from .measure import Timing, median_time_ms, peak_memory_mb
+from .problems import DEFAULT_SHAPES, LARGE_SHAPES, Problem, Shape, make_problem
+from .runner import SuiteConfig, run_suite
+
+__all__ = [
+    "DEFAULT_SHAPES", "LARGE_SHAPES", "OPS", "CaseSpec", "Problem", "Shape", "SuiteConfig", "Timing",
+    "bench_backends", "bind_case", "case_specs", "make_problem", "median_time_ms", "peak_memory_mb", "run_suite",
+]
