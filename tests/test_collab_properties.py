@@ -43,10 +43,10 @@ def test_every_backend_matches_reference(backend, case):
     copies = [t.clone() for t in logits]
     k = max(1, params["top_k"])
 
-    out = mtkernels.fused_collab_softmax([t.to(device) for t in logits], weights, top_k=k,
+    out = mtkernels.fused_collab_softmax([t.to(device) for t in logits], weights, top_k=k, vocab_size=vocab,
                                          temperature=params["temperature"], backend=backend)
     expected = mtkernels.fused_collab_softmax(logits, weights, top_k=k, temperature=params["temperature"],
-                                              backend="reference")
+                                              vocab_size=vocab, backend="reference")
     torch.testing.assert_close(out.lse.cpu(), expected.lse, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.probs.cpu(), expected.probs, rtol=1e-5, atol=1e-6)
     z = ref.combined_logits(logits, torch.tensor([weights]).expand(batch, -1),
@@ -54,6 +54,7 @@ def test_every_backend_matches_reference(backend, case):
     # ids may differ only between tokens of equal value (float32 vs float64 rounding of the sum)
     torch.testing.assert_close(z.gather(1, out.ids.cpu()), z.gather(1, expected.ids), rtol=1e-5, atol=1e-5)
 
+    params["vocab_size"] = vocab
     ids, logprobs = mtkernels.fused_collab_sample([t.to(device) for t in logits], weights, return_logprobs=True,
                                                   generator=torch.Generator().manual_seed(seed), backend=backend,
                                                   **params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import List, Optional, Union
 
@@ -83,7 +84,10 @@ def normalize_weights(weights, num_models: int, batch: int, device: torch.device
     if _is_tensor(weights):
         w = weights
     elif isinstance(weights, (list, tuple)) and all(isinstance(v, numbers.Real) for v in weights):
-        w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
+        if len(weights) != num_models or not all(math.isfinite(v) for v in weights):
+            raise ValueError(f"weights: expected {num_models} finite floats, got {list(weights)}")
+        # Filled on the device: a copy from host memory would synchronise with the GPU.
+        return torch.stack([torch.full((batch,), float(v), device=device) for v in weights], dim=1)
     else:
         raise TypeError("weights: expected M floats, a (M,) tensor or a (B, M) tensor")
     if not w.is_floating_point():

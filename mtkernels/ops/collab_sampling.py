@@ -11,8 +11,9 @@ Two paths:
   happen on those (B, k) values with the spec's own filter.
 * top-k off: survivors are ``{z >= theta}``. min-p is a logit threshold (``z_max + log min_p``);
   top-p's threshold is found exactly by a 16-way search over the float's order-preserving 32-bit
-  key, one ``threshold_mass`` pass per step: at most 8 passes (on CPU tensors it stops as soon as
-  every row has converged, usually after 6-8). The draw is one ``gumbel_argmax`` pass, and
+  key, one ``threshold_mass`` pass per step: at most 8 passes. On CPU tensors the first pass keeps
+  1024 candidates, which settle top-p without a search whenever their mass reaches top_p (peaked
+  LLM distributions), and the search stops as soon as every row has converged. The draw is one ``gumbel_argmax`` pass, and
   log-probabilities one more ``threshold_mass`` pass.
 """
 
@@ -28,6 +29,7 @@ from ..reference.collab import filter_mask
 Tensor = torch.Tensor
 SEARCH_POINTS = 15  # thresholds per pass: each pass narrows the key interval 16-fold
 MAX_SEARCH_PASSES = 8  # 16**8 == 2**32 keys
+TOP_P_CANDIDATES = 1024  # first-pass width on CPU tensors
 
 
 def float_to_key(x: Tensor) -> Tensor:
@@ -56,16 +58,29 @@ def sample_candidates(values: Tensor, ids: Tensor, top_k: Tensor, top_p: Tensor,
     return token, logprob
 
 
-def top_p_threshold(mass: Callable[[Tensor], Tensor], z_max: Tensor, top_p: Tensor) -> Tensor:
+def top_p_bounds(values: Tensor, lse: Tensor, top_p: Tensor) -> Tuple[Tensor, Tensor]:
+    """Key bounds ``(lo, hi)`` of top-p's threshold from the k best values ``(B, k)``.
+
+    Where the candidates' mass reaches top_p the answer is among them (``hi == lo + 1``); else
+    every token above the last candidate is a candidate, so ``mass(> values[:, -1]) < top_p``.
+    """
+    probs = torch.exp(values - lse.unsqueeze(1))
+    n_kept = ((torch.cumsum(probs, dim=1) - probs) < top_p.unsqueeze(1)).sum(1, keepdim=True)
+    found = probs.sum(1) >= top_p
+    at_crossing = float_to_key(values.gather(1, (n_kept - 1).clamp_min(0)).squeeze(1))
+    lo = torch.where(found, at_crossing, float_to_key(torch.full_like(lse, float("-inf"))))
+    hi = torch.where(found, at_crossing, float_to_key(values[:, -1])) + 1
+    return lo, hi
+
+
+def top_p_threshold(mass: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, top_p: Tensor) -> Tensor:
     """The largest ``theta`` with ``Σ_{z >= theta} p >= top_p``, exactly, as a ``(B,)`` float32.
 
-    ``mass(thresholds (B, T)) -> (B, T)``. Invariant: ``mass(lo) >= top_p > mass(hi)`` on keys.
+    ``mass(thresholds (B, T)) -> (B, T)``. Invariant on the keys: ``mass(lo) >= top_p > mass(hi)``.
     """
-    lo = float_to_key(torch.full_like(z_max, float("-inf")))
-    hi = float_to_key(z_max) + 1
-    steps = torch.arange(1, SEARCH_POINTS + 1, device=z_max.device, dtype=torch.int64)
+    steps = torch.arange(1, SEARCH_POINTS + 1, device=lo.device, dtype=torch.int64)
     for _ in range(MAX_SEARCH_PASSES):
-        if z_max.device.type == "cpu" and bool((hi - lo <= 1).all()):
+        if lo.device.type == "cpu" and bool((hi - lo <= 1).all()):
             break  # a free check on the CPU; on a GPU the fixed pass count avoids a sync
         points = lo.unsqueeze(1) + ((hi - lo).unsqueeze(1) * steps) // (SEARCH_POINTS + 1)
         reached = mass(key_to_float(points)) >= top_p.unsqueeze(1)
@@ -80,7 +95,10 @@ def sample_full_vocab(kernels, logits, sw, vocab_size: int, top_p: Optional[Tens
     """Top-k off: survivors ``{z >= theta}`` over the whole vocabulary (top_p/min_p None = off).
 
     Returns ``(ids (B,), logprobs (B,) or zeros when not asked for, lse (B,))``."""
-    values, ids, lse = kernels["topk"](logits, sw, vocab_size, 1)
+    # On CPU tensors a wider first pass usually settles top-p without any search pass; on a
+    # GPU the search runs a fixed number of passes anyway, so the cheapest first pass wins.
+    width = min(vocab_size, TOP_P_CANDIDATES) if top_p is not None and sw.device.type == "cpu" else 1
+    values, ids, lse = kernels["topk"](logits, sw, vocab_size, width)
     z_max, token, z_token = values[:, 0], ids[:, 0], values[:, 0]
     if greedy and not need_logprobs:
         return token, torch.zeros_like(lse), lse
@@ -90,7 +108,7 @@ def sample_full_vocab(kernels, logits, sw, vocab_size: int, top_p: Optional[Tens
 
     theta = torch.full_like(z_max, float("-inf"))
     if top_p is not None:
-        theta = top_p_threshold(mass, z_max, top_p)
+        theta = top_p_threshold(mass, *top_p_bounds(values, lse, top_p), top_p)
         theta = torch.where(top_p >= 1.0, float("-inf"), theta)  # rows with top-p off
     if min_p is not None:
         theta = torch.maximum(theta, z_max + torch.log(min_p))

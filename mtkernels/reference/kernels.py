@@ -14,30 +14,30 @@ from ..gumbel import gumbel_noise
 from . import collab
 
 
-def _z(logits, scaled_weights, vocab_size):
+def scaled_combined_logits(logits, scaled_weights, vocab_size):
     ones = torch.ones(scaled_weights.shape[0], dtype=torch.float32, device=scaled_weights.device)
     return collab.combined_logits(logits, scaled_weights, ones, vocab_size)
 
 
 def topk(logits, scaled_weights, vocab_size, k):
-    z = _z(logits, scaled_weights, vocab_size)
+    z = scaled_combined_logits(logits, scaled_weights, vocab_size)
     values, ids = collab.sort_descending(z)
     return values[:, :k].float(), ids[:, :k], torch.logsumexp(z, dim=-1).float()
 
 
 def logits(logits, scaled_weights, vocab_size):
-    return _z(logits, scaled_weights, vocab_size).float()
+    return scaled_combined_logits(logits, scaled_weights, vocab_size).float()
 
 
 def threshold_mass(logits, scaled_weights, vocab_size, thresholds, lse):
-    z = _z(logits, scaled_weights, vocab_size).float()
+    z = scaled_combined_logits(logits, scaled_weights, vocab_size).float()
     p = torch.exp(z - lse.unsqueeze(1))
     above = z.unsqueeze(1) >= thresholds.unsqueeze(2)  # (B, T, V)
     return (above * p.unsqueeze(1)).sum(-1)
 
 
 def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
-    z = _z(logits, scaled_weights, vocab_size).float()
+    z = scaled_combined_logits(logits, scaled_weights, vocab_size).float()
     ids = torch.arange(z.shape[1], device=z.device).expand_as(z)
     perturbed = (z + gumbel_noise(keys, ids)).masked_fill(z < threshold.unsqueeze(1), float("-inf"))
     token = collab.sort_descending(perturbed)[1][:, 0]
