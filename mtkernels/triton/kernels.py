@@ -1,0 +1,26 @@
+"""The triton backend: Triton kernels for the collab primitives (mtkernels/triton/collab.py).
+
+On a GPU the kernels JIT-compile on first use; on the CPU they run only under the Triton
+interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which the tests use.
+"""
+
+from __future__ import annotations
+
+from ..backends import register_kernels
+
+try:
+    import triton  # noqa: F401
+except ImportError as exc:
+    UNAVAILABLE_REASON = f"triton is not installed ({exc}); pip install triton"
+else:
+    UNAVAILABLE_REASON = None
+    from . import collab
+
+    register_kernels(
+        "triton",
+        "collab",
+        topk=collab.topk,
+        logits=collab.logits,
+        threshold_mass=collab.threshold_mass,
+        gumbel_argmax=collab.gumbel_argmax,
+    )
