@@ -8,6 +8,7 @@ name; the Python functions below check arguments, pick the backend and call them
 
 from __future__ import annotations
 
+import math
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -34,24 +35,31 @@ def _kernels(backend: str) -> dict:
     return {name: backends.kernel(FAMILY, name, backend) for name in names}
 
 
-def _check_rows(lse: Tensor) -> Tensor:
+def _invalid_rows(lse: Tensor) -> Optional[Tensor]:
     """Rows whose z has a NaN or +inf, or is -inf everywhere, have no distribution.
 
-    On CPU tensors that raises (a look at (B,) values, no extra pass). On a GPU, where a check
-    would cost a host sync, the row's outputs are marked instead: lse = NaN (and id -1 when sampling).
+    On CPU tensors that raises (a look at (B,) values, no extra pass) and returns None. On a GPU,
+    where a check would cost a host sync, it returns the (B,) mask of such rows, whose outputs the
+    caller marks instead: lse = NaN (and id -1 when sampling).
     """
-    bad = ~torch.isfinite(lse)
-    if lse.device.type == "cpu" and not torch.compiler.is_compiling() and bool(bad.any()):
-        rows = bad.nonzero().flatten().tolist()
+    if lse.device.type != "cpu" or torch.compiler.is_compiling():
+        return ~torch.isfinite(lse)
+    if not math.isfinite(sum(lse.tolist())):
+        rows = (~torch.isfinite(lse)).nonzero().flatten().tolist()
         raise ValueError(f"logits: rows {rows[:10]}{'...' if len(rows) > 10 else ''} have no valid distribution "
                          f"(NaN or +inf in the combined logits, or every token masked with -inf)")
-    return bad
+    return None
 
 
 # --- torch ops ------------------------------------------------------------------------------------
 
-@torch.library.custom_op("mtkernels::collab_softmax_topk", mutates_args=())
-def _softmax_topk_op(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, k: int,
+def _call(op, impl, *args):
+    """The torch op under torch.compile; in eager mode its implementation directly, which skips
+    the dispatcher's per-call overhead (tens of microseconds, as much as a B = 1 kernel)."""
+    return op(*args) if torch.compiler.is_compiling() else impl(*args)
+
+
+def _softmax_topk_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, k: int,
                      backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     try:
         probs, ids, lse = backends.kernel(FAMILY, "spec_softmax", backend)(logits, weights, temperature, vocab_size, k)
@@ -59,8 +67,11 @@ def _softmax_topk_op(logits: List[Tensor], weights: Tensor, temperature: Tensor,
         sw = weights / temperature.unsqueeze(1)
         values, ids, lse = backends.kernel(FAMILY, "topk", backend)(logits, sw, vocab_size, k)
         probs = torch.exp(values - lse.unsqueeze(1))
-    bad = _check_rows(lse)
-    return probs, ids, lse.masked_fill(bad, float("nan"))
+    bad = _invalid_rows(lse)
+    return (probs, ids, lse) if bad is None else (probs, ids, lse.masked_fill(bad, float("nan")))
+
+
+_softmax_topk_op = torch.library.custom_op("mtkernels::collab_softmax_topk", _softmax_topk_impl, mutates_args=())
 
 
 @_softmax_topk_op.register_fake
@@ -70,19 +81,19 @@ def _(logits, weights, temperature, vocab_size, k, backend):
     return new((b, k), dtype=torch.float32), new((b, k), dtype=torch.int64), new((b,), dtype=torch.float32)
 
 
-@torch.library.custom_op("mtkernels::collab_sample", mutates_args=())
-def _sample_op(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, top_k: Tensor,
+def _sample_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, top_k: Optional[Tensor],
                max_top_k: int, top_p: Optional[Tensor], min_p: Optional[Tensor], greedy: bool, keys: Tensor,
                need_logprobs: bool, backend: str) -> Tuple[Tensor, Tensor]:
-    # top_p / min_p None: the filter is off for every row (lets the full-vocabulary path skip passes).
-    top_p_rows = torch.ones_like(temperature) if top_p is None else top_p
-    min_p_rows = torch.zeros_like(temperature) if min_p is None else min_p
+    # top_k / top_p / min_p None: that filter is off for every row (saves work on every path).
     try:
         spec = backends.kernel(FAMILY, "spec_sample", backend)
     except NotImplementedError:
         spec = None
     if spec is not None:
-        ids, logprobs = spec(logits, weights, temperature, vocab_size, top_k, top_p_rows, min_p_rows, greedy, keys)
+        off = torch.zeros_like(temperature)
+        ids, logprobs = spec(logits, weights, temperature, vocab_size,
+                             (off + max_top_k).long() if top_k is None else top_k, off + 1 if top_p is None else top_p,
+                             off if min_p is None else min_p, greedy, keys)
         lse = torch.logsumexp(backends.kernel(FAMILY, "spec_logits", backend)(logits, weights, temperature,
                                                                               vocab_size), dim=1)
     else:
@@ -90,12 +101,15 @@ def _sample_op(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab
         sw = weights / temperature.unsqueeze(1)
         if max_top_k > 0:
             values, candidates, lse = kernels["topk"](logits, sw, vocab_size, max_top_k)
-            ids, logprobs = sample_candidates(values, candidates, top_k, top_p_rows, min_p_rows, greedy, keys)
+            ids, logprobs = sample_candidates(values, candidates, top_k, top_p, min_p, greedy, keys)
         else:
             ids, logprobs, lse = sample_full_vocab(kernels, logits, sw, vocab_size, top_p, min_p, greedy, keys,
                                                    need_logprobs)
-    bad = _check_rows(lse)
-    return ids.masked_fill(bad, -1), logprobs.masked_fill(bad, float("nan"))
+    bad = _invalid_rows(lse)
+    return (ids, logprobs) if bad is None else (ids.masked_fill(bad, -1), logprobs.masked_fill(bad, float("nan")))
+
+
+_sample_op = torch.library.custom_op("mtkernels::collab_sample", _sample_impl, mutates_args=())
 
 
 @_sample_op.register_fake
@@ -104,13 +118,15 @@ def _(logits, weights, temperature, vocab_size, top_k, max_top_k, top_p, min_p, 
     return logits[0].new_empty((b,), dtype=torch.int64), logits[0].new_empty((b,), dtype=torch.float32)
 
 
-@torch.library.custom_op("mtkernels::collab_logits", mutates_args=())
-def _logits_op(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, backend: str) -> Tensor:
+def _logits_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, backend: str) -> Tensor:
     try:
         return backends.kernel(FAMILY, "spec_logits", backend)(logits, weights, temperature, vocab_size).float()
     except NotImplementedError:
         sw = weights / temperature.unsqueeze(1)
         return backends.kernel(FAMILY, "logits", backend)(logits, sw, vocab_size)
+
+
+_logits_op = torch.library.custom_op("mtkernels::collab_logits", _logits_impl, mutates_args=())
 
 
 @_logits_op.register_fake
@@ -143,7 +159,7 @@ def fused_collab_softmax(logits: LogitsArg, weights=None, *, top_k: Union[int, T
     inp = args.collab_inputs(logits, weights, temperature, vocab_size)
     _, k = args.top_k_arg(top_k, inp.batch, inp.vocab_size, inp.device, allow_zero=False)
     name = backends.resolve_backend(backend, inp.device)
-    probs, ids, lse = torch.ops.mtkernels.collab_softmax_topk(inp.logits, inp.weights, inp.temperature,
+    probs, ids, lse = _call(_softmax_topk_op, _softmax_topk_impl, inp.logits, inp.weights, inp.temperature,
                                                               inp.vocab_size, k, name)
     return CollabSoftmaxOutput(probs, ids, lse)
 
@@ -160,6 +176,7 @@ def fused_collab_sample(logits: LogitsArg, weights=None, *, temperature=1.0, top
         min_p: float in ``[0, 1)`` (0 = off) or ``(B,)``.
         greedy: take ``argmax z`` (lowest id on ties) instead of sampling.
         generator: the source of the per-row random keys; the same seed gives the same tokens.
+            A CPU generator works with GPU logits too (one small copy of the keys).
         return_logprobs: also return each token's log-probability under the filtered,
             renormalised distribution.
 
@@ -177,13 +194,14 @@ def fused_collab_sample(logits: LogitsArg, weights=None, *, temperature=1.0, top
     args.check_generator(generator, device)
     rows_k, max_k = args.top_k_arg(top_k, b, inp.vocab_size, device, allow_zero=True)
     p = None if args.is_off(top_p, 1.0) else args.per_row(
-        top_p, "top_p", b, device, torch.float32, lambda t: ((t > 0) & (t <= 1)).all(), "in (0, 1]")
+        top_p, "top_p", b, device, torch.float32, lambda t: (t > 0) & (t <= 1), "in (0, 1]")
     mp = None if args.is_off(min_p, 0.0) else args.per_row(
-        min_p, "min_p", b, device, torch.float32, lambda t: ((t >= 0) & (t < 1)).all(), "in [0, 1)")
+        min_p, "min_p", b, device, torch.float32, lambda t: (t >= 0) & (t < 1), "in [0, 1)")
     name = backends.resolve_backend(backend, device)
     keys = row_keys(b, device, generator)
-    ids, logprobs = torch.ops.mtkernels.collab_sample(inp.logits, inp.weights, inp.temperature, inp.vocab_size,
-                                                      rows_k, max_k, p, mp, greedy, keys, return_logprobs, name)
+    per_row_k = rows_k if isinstance(top_k, torch.Tensor) else None  # a scalar k is the candidate width
+    ids, logprobs = _call(_sample_op, _sample_impl, inp.logits, inp.weights, inp.temperature, inp.vocab_size,
+                          per_row_k, max_k, p, mp, greedy, keys, return_logprobs, name)
     return (ids, logprobs) if return_logprobs else ids
 
 
@@ -193,4 +211,4 @@ def collab_logits(logits: LogitsArg, weights=None, *, temperature=1.0, vocab_siz
     (for callers that need them whole, e.g. beam search). ``-inf`` in any model stays ``-inf``."""
     inp = args.collab_inputs(logits, weights, temperature, vocab_size)
     name = backends.resolve_backend(backend, inp.device)
-    return torch.ops.mtkernels.collab_logits(inp.logits, inp.weights, inp.temperature, inp.vocab_size, name)
+    return _call(_logits_op, _logits_impl, inp.logits, inp.weights, inp.temperature, inp.vocab_size, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from typing import List, Optional, Union
@@ -28,6 +29,17 @@ class CollabInputs:
     @property
     def device(self) -> torch.device:
         return self.logits[0].device
+
+
+@functools.lru_cache(maxsize=256)
+def constant_rows(value, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(B,)`` filled with a scalar, or ``(B, M)`` with a tuple of M scalars, built once per
+    (value, shape, device). Decoding calls the ops with the same scalars at every step, and these
+    small tensors otherwise cost as much as a B = 1 kernel. Never modified (ops do not write to
+    their inputs). Filled on the device: a copy from host memory would synchronise with a GPU."""
+    if isinstance(value, tuple):
+        return torch.stack([torch.full((batch,), v, dtype=dtype, device=device) for v in value], dim=1)
+    return torch.full((batch,), value, dtype=dtype, device=device)
 
 
 def _is_tensor(x) -> bool:
@@ -80,14 +92,13 @@ def normalize_vocab_size(vocab_size: Optional[int], logits: List[Tensor]) -> int
 
 def normalize_weights(weights, num_models: int, batch: int, device: torch.device) -> Tensor:
     if weights is None:
-        return torch.ones(batch, num_models, dtype=torch.float32, device=device)
+        weights = [1.0] * num_models
     if _is_tensor(weights):
         w = weights
     elif isinstance(weights, (list, tuple)) and all(isinstance(v, numbers.Real) for v in weights):
         if len(weights) != num_models or not all(math.isfinite(v) for v in weights):
             raise ValueError(f"weights: expected {num_models} finite floats, got {list(weights)}")
-        # Filled on the device: a copy from host memory would synchronise with the GPU.
-        return torch.stack([torch.full((batch,), float(v), device=device) for v in weights], dim=1)
+        return constant_rows(tuple(float(v) for v in weights), batch, device, torch.float32)
     else:
         raise TypeError("weights: expected M floats, a (M,) tensor or a (B, M) tensor")
     if not w.is_floating_point():
@@ -99,16 +110,21 @@ def normalize_weights(weights, num_models: int, batch: int, device: torch.device
                          f"models and batch B={batch}, got {tuple(w.shape)}")
     if w.device.type != "cpu" and w.device != device:
         raise ValueError(f"weights: on {w.device}, but logits are on {device}")
-    _check_values(w, "weights", lambda t: torch.isfinite(t).all(), "finite")  # before the copy to the GPU
+    _check_values(w, "weights", is_finite, "finite")  # before the copy to the GPU
     return w.to(device=device, dtype=torch.float32).contiguous()
 
 
+def is_finite(t):
+    """Elementwise, for Python numbers and tensors alike (range checks are written once for both)."""
+    return (t == t) & (abs(t) < math.inf)
+
+
 def _check_values(t: Tensor, name: str, ok, expected: str) -> None:
-    """Range check of a tensor argument. For a CUDA tensor this costs one device sync; scalar
-    arguments (the common case) never do."""
+    """Range check of a tensor argument with an elementwise predicate ``ok``. For a CUDA tensor
+    this costs one device sync; scalar arguments (the common case) never do."""
     if torch.compiler.is_compiling():
         return
-    if not bool(ok(t)):
+    if not bool(ok(t).all()):
         raise ValueError(f"{name}: every value must be {expected}")
 
 
@@ -130,10 +146,9 @@ def per_row(value, name: str, batch: int, device: torch.device, dtype, check, ex
     if not isinstance(value, want) or isinstance(value, bool):
         raise TypeError(f"{name}: expected a {'float' if dtype.is_floating_point else 'int'} or a ({batch},) tensor, "
                         f"got {type(value).__name__}")
-    t = torch.tensor(value, dtype=dtype)
-    if not bool(check(t)):
+    if not bool(check(value)):
         raise ValueError(f"{name}: must be {expected}, got {value}")
-    return torch.full((batch,), value, dtype=dtype, device=device)
+    return constant_rows(value, batch, device, dtype)
 
 
 def collab_inputs(logits, weights, temperature, vocab_size) -> CollabInputs:
@@ -142,7 +157,7 @@ def collab_inputs(logits, weights, temperature, vocab_size) -> CollabInputs:
     v = normalize_vocab_size(vocab_size, xs)
     w = normalize_weights(weights, len(xs), batch, device)
     tau = per_row(temperature, "temperature", batch, device, torch.float32,
-                  lambda t: (torch.isfinite(t) & (t > 0)).all(), "finite and > 0")
+                  lambda t: is_finite(t) & (t > 0), "finite and > 0")
     return CollabInputs(xs, w, tau, v)
 
 
@@ -151,7 +166,7 @@ def top_k_arg(top_k: Union[int, Tensor], batch: int, vocab_size: int, device, al
     low = 0 if allow_zero else 1
     if _is_tensor(top_k):
         rows = per_row(top_k, "top_k", batch, device, torch.int64,
-                       lambda t: ((t >= 1) & (t <= vocab_size)).all(),
+                       lambda t: (t >= 1) & (t <= vocab_size),
                        f"in [1, vocab size {vocab_size}] (turn top-k off for a whole batch with top_k=0)")
         # The candidate width is a shape, so a per-row tensor costs one read of its max.
         return rows, int(rows.max())
@@ -160,7 +175,7 @@ def top_k_arg(top_k: Union[int, Tensor], batch: int, vocab_size: int, device, al
     if not low <= top_k <= vocab_size:
         raise ValueError(f"top_k: must be in [{low}, vocab size {vocab_size}]"
                          f"{' (0 = off)' if allow_zero else ''}, got {top_k}")
-    return torch.full((batch,), int(top_k), dtype=torch.int64, device=device), int(top_k)
+    return constant_rows(int(top_k), batch, device, torch.int64), int(top_k)
 
 
 def is_off(value, off: float) -> bool:
@@ -172,6 +187,8 @@ def check_generator(generator: Optional[torch.Generator], device: torch.device) 
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
-        if generator.device.type != device.type:
+        # A CPU generator serves any device (its keys are copied over; the same seed then gives the
+        # same tokens on every device); a GPU generator must be on the logits' device type.
+        if generator.device.type not in ("cpu", device.type):
             raise ValueError(f"generator: on {generator.device}, but logits are on {device}")
 

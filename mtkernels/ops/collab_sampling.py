@@ -24,7 +24,6 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from ..gumbel import gumbel_noise
-from ..reference.collab import filter_mask
 
 Tensor = torch.Tensor
 SEARCH_POINTS = 15  # thresholds per pass: each pass narrows the key interval 16-fold
@@ -44,10 +43,24 @@ def key_to_float(key: Tensor) -> Tensor:
     return bits.to(torch.int32).view(torch.float32)
 
 
-def sample_candidates(values: Tensor, ids: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
-                      greedy: bool, keys: Tensor) -> Tuple[Tensor, Tensor]:
-    """Filter and draw among k sorted candidates ``(B, k)``; returns (ids (B,), logprobs (B,))."""
-    keep = filter_mask(values, top_k, top_p, min_p)
+def sample_candidates(values: Tensor, ids: Tensor, top_k: Optional[Tensor], top_p: Optional[Tensor],
+                      min_p: Optional[Tensor], greedy: bool, keys: Tensor) -> Tuple[Tensor, Tensor]:
+    """Filter and draw among k candidates ``(B, k)``, sorted by descending value (equal values:
+    lowest id first); returns (ids (B,), logprobs (B,)). Filters that are None are off.
+
+    The spec's filters on a sorted list: top-k is a prefix; top-p keeps the prefix whose mass
+    before each token is below top_p; min-p's ``prob >= min_p * max prob`` is the logit test
+    ``z >= z_max + log(min_p)`` (renormalisation cancels). The first candidate always survives.
+    """
+    keep = values > float("-inf")
+    if top_k is not None:
+        keep &= torch.arange(values.shape[1], device=values.device) < top_k.unsqueeze(1)
+    if top_p is not None:
+        probs = torch.softmax(values.masked_fill(~keep, float("-inf")), dim=1)
+        keep &= ((torch.cumsum(probs, dim=1) - probs) < top_p.unsqueeze(1)) | (top_p.unsqueeze(1) >= 1.0)
+    if min_p is not None:
+        keep &= values >= values[:, :1] + torch.log(min_p).unsqueeze(1)
+    keep[:, 0] = True
     kept = values.masked_fill(~keep, float("-inf"))
     if greedy:
         pick = torch.zeros_like(ids[:, :1])
