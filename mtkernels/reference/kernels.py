@@ -55,3 +55,40 @@ register_kernels(
     spec_sample=collab.sample,
     spec_logits=collab.combined_logits,
 )
+
+
+# --- self-evolution KD ----------------------------------------------------------------------------
+
+KD_MODES = ("self_evolution", "self_evolution_topk", "skew", "noevo", "forward_kd", "reverse_kd")
+
+
+def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, temperature, ignore_index,
+            vocab, compute_grad):
+    """The kd row kernel's definition: per-row (loss, d, is_hard) and, if ``compute_grad``, the
+    student logits overwritten with ``d(grad_scale · loss) / d logits`` (autograd on the spec)."""
+    from .self_evolution_kd import per_row_terms
+
+    valid = labels != ignore_index
+    x = student.detach().double().requires_grad_(compute_grad)
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    with torch.enable_grad():
+        d, easy, hard_loss, forward_kd, reverse_kd = per_row_terms(x, teacher[:, :vocab], safe, lam, beta,
+                                                                   temperature)
+        name = KD_MODES[mode]
+        if hard is not None:
+            is_hard = hard & valid
+        elif name == "self_evolution":
+            is_hard = valid & (d > gamma)
+        elif name == "skew":
+            is_hard = valid.clone()
+        else:
+            is_hard = torch.zeros_like(valid)
+        loss = {"forward_kd": forward_kd, "reverse_kd": reverse_kd}.get(name, torch.where(is_hard, hard_loss, easy))
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
+        if compute_grad:
+            (grad,) = torch.autograd.grad((loss * grad_scale.double()).sum(), x)
+            student.copy_(grad.float())
+    return loss.detach().float(), torch.where(valid, d, torch.zeros_like(d)).float(), is_hard
+
+
+register_kernels("reference", "kd", rows=kd_rows)

@@ -1,0 +1,100 @@
+"""Self-Evolution knowledge distillation and its baselines, SPEC §2, in plain PyTorch.
+
+Materialises every (N, V) tensor and lets autograd differentiate it: the executable spec, whose
+values and gradients the fused backends are tested against. Per valid row (label g), with
+``s = student / τ``, ``t = teacher / τ`` over the shared vocabulary ``V = min(V_s, V_t)``:
+
+    q = softmax(s), p = softmax(t), ỹ = (1 - λ)·onehot(g) + λ·p
+    d = KL(ỹ ‖ q)                          (learning difficulty; detached)
+    easy = KL(ỹ ‖ q), hard = KL(ỹ ‖ m), m = β·q + (1 - β)·ỹ
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+Tensor = torch.Tensor
+MODES = ("self_evolution", "self_evolution_topk", "skew", "noevo", "forward_kd", "reverse_kd")
+
+
+class KDStats(NamedTuple):
+    """Per-call statistics for logging: valid rows, hard rows and the mean difficulty d."""
+
+    num_valid: Tensor  # () int64
+    num_hard: Tensor  # () int64
+    mean_difficulty: Tensor  # () float32, 0 when there is no valid row
+
+
+def num_hard_rows(hard_fraction: float, num_valid: int) -> int:
+    """``round(hard_fraction · n_valid)``, halves rounded up."""
+    return int(math.floor(hard_fraction * num_valid + 0.5))
+
+
+def per_row_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, lam: float, beta: float,
+                  temperature: float):
+    """Per-row (N,) float64 ``d`` (detached), easy, hard, forward_kd and reverse_kd losses.
+
+    Ignored rows must already be replaced by a valid label (their terms are discarded)."""
+    vocab = min(student_logits.shape[1], teacher_logits.shape[1])
+    log_q = torch.log_softmax(student_logits[:, :vocab].double() / temperature, dim=1)
+    log_p = torch.log_softmax(teacher_logits[:, :vocab].detach().double() / temperature, dim=1)
+    p = log_p.exp()
+    onehot = torch.nn.functional.one_hot(labels, vocab).double()
+    y = (1 - lam) * onehot + lam * p
+    log_y = torch.log(y)  # -inf where y = 0; those terms are dropped below
+    y_log_y = torch.xlogy(y, y).sum(1)
+
+    easy = y_log_y - (y * log_q).sum(1)
+    log_m = torch.logaddexp(math.log(beta) + log_q, (math.log1p(-beta) if beta < 1 else -math.inf) + log_y)
+    hard = torch.where(y > 0, y * (log_y - log_m), torch.zeros_like(y)).sum(1)
+    ce = -log_q.gather(1, labels.unsqueeze(1)).squeeze(1)
+    kl_pq = (p * (log_p - log_q)).sum(1)
+    q = log_q.exp()
+    kl_qp = (q * (log_q - log_p)).sum(1)
+    return easy.detach(), easy, hard, (1 - lam) * ce + lam * kl_pq, (1 - lam) * ce + lam * kl_qp
+
+
+def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
+                                       mode: str = "self_evolution", lam: float = 0.5, beta: float = 0.5,
+                                       gamma: float = 0.4, hard_fraction: float = 0.2, temperature: float = 1.0,
+                                       ignore_index: int = -100, reduction: str = "mean",
+                                       num_items_in_batch: Optional[float] = None):
+    """``(loss, KDStats)`` for logits ``(N, V_s)``, ``(N, V_t)`` and labels ``(N,)``.
+
+    ``loss`` is a float32 scalar (``mean``, ``sum``) or ``(N,)`` (``none``, 0 on ignored rows)."""
+    valid = labels != ignore_index
+    safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
+    d, easy, hard, forward_kd, reverse_kd = per_row_terms(student_logits, teacher_logits, safe_labels, lam, beta,
+                                                          temperature)
+    if mode == "self_evolution":
+        is_hard = valid & (d > gamma)
+    elif mode == "self_evolution_topk":
+        n_hard = num_hard_rows(hard_fraction, int(valid.sum()))
+        ranked = torch.sort(d.masked_fill(~valid, -math.inf), descending=True, stable=True).indices[:n_hard]
+        is_hard = torch.zeros_like(valid).index_fill(0, ranked, True) & valid
+    elif mode == "skew":
+        is_hard = valid.clone()
+    else:
+        is_hard = torch.zeros_like(valid)
+    if mode in ("self_evolution", "self_evolution_topk", "skew", "noevo"):
+        rows = torch.where(is_hard, hard, easy)
+    elif mode == "forward_kd":
+        rows = forward_kd
+    else:
+        rows = reverse_kd
+    rows = torch.where(valid, rows, torch.zeros_like(rows))
+
+    num_valid = valid.sum()
+    if reduction == "none":
+        loss = rows
+    elif reduction == "sum":
+        loss = rows.sum()
+    else:
+        denominator = num_valid.double() if num_items_in_batch is None else torch.as_tensor(
+            float(num_items_in_batch), dtype=torch.float64)
+        loss = rows.sum() / denominator.clamp_min(1)
+    mean_d = (d * valid).sum() / num_valid.clamp_min(1)
+    return loss.float(), KDStats(num_valid, is_hard.sum(), mean_d.float())
