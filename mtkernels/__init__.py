@@ -3,18 +3,26 @@
     import mtkernels
     out = mtkernels.fused_collab_softmax([large_logits, small_logits], [1.0, 0.5], top_k=50)
     ids = mtkernels.fused_collab_sample([large, expert, anti_expert], [1.0, 1.0, -1.0], top_p=0.9)
+    loss = mtkernels.self_evolution_kd_loss(h_student, lm_head_s, h_teacher, lm_head_t, labels)
 """
 
 from .backends import available_backends, backend_report
+from . import nn
 from .ops.collab import CollabSoftmaxOutput, collab_logits, fused_collab_sample, fused_collab_softmax
+from .ops.kd_from_logits import self_evolution_kd_loss_from_logits
+from .ops.self_evolution_kd import KDStats, self_evolution_kd_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CollabSoftmaxOutput",
+    "KDStats",
     "available_backends",
     "backend_report",
     "collab_logits",
     "fused_collab_sample",
     "fused_collab_softmax",
+    "nn",
+    "self_evolution_kd_loss",
+    "self_evolution_kd_loss_from_logits",
 ]

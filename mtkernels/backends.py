@@ -92,18 +92,23 @@ def available_backends() -> List[str]:
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def _serves(entry: _Backend, family: Optional[str]) -> bool:
+    return family is None or any(f == family for f, _ in entry.kernels)
+
+
+def resolve_backend(backend: str, device: torch.device, family: Optional[str] = None) -> str:
     """Turn a user's ``backend=`` into a concrete, usable backend name for ``device``.
 
     ``"auto"`` (the default) is replaced by ``$MTKERNELS_BACKEND`` when that is set, else by
-    the best usable backend for the device type. An explicit name that cannot run raises.
+    the best usable backend for the device type that has kernels of op ``family``. An explicit
+    name that cannot run raises.
     """
     if backend == "auto":
         backend = os.environ.get(ENV_VAR, "auto") or "auto"
     if backend == "auto":
         for name in _AUTO_ORDER.get(device.type, ("reference",)):
             entry = _load(name)
-            if entry.error is None and device.type in entry.devices:
+            if entry.error is None and device.type in entry.devices and _serves(entry, family):
                 return name
         return "reference"
     if backend not in _BACKENDS:
@@ -115,6 +120,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(
             f"backend {backend!r} runs on {'/'.join(entry.devices)} tensors, got tensors on {device}"
         )
+    if not _serves(entry, family):
+        raise NotImplementedError(f"backend {backend!r} has no {family} kernels")
     return backend
 
 

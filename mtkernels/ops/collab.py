@@ -158,7 +158,7 @@ def fused_collab_softmax(logits: LogitsArg, weights=None, *, top_k: Union[int, T
     """
     inp = args.collab_inputs(logits, weights, temperature, vocab_size)
     _, k = args.top_k_arg(top_k, inp.batch, inp.vocab_size, inp.device, allow_zero=False)
-    name = backends.resolve_backend(backend, inp.device)
+    name = backends.resolve_backend(backend, inp.device, FAMILY)
     probs, ids, lse = _call(_softmax_topk_op, _softmax_topk_impl, inp.logits, inp.weights, inp.temperature,
                                                               inp.vocab_size, k, name)
     return CollabSoftmaxOutput(probs, ids, lse)
@@ -197,7 +197,7 @@ def fused_collab_sample(logits: LogitsArg, weights=None, *, temperature=1.0, top
         top_p, "top_p", b, device, torch.float32, lambda t: (t > 0) & (t <= 1), "in (0, 1]")
     mp = None if args.is_off(min_p, 0.0) else args.per_row(
         min_p, "min_p", b, device, torch.float32, lambda t: (t >= 0) & (t < 1), "in [0, 1)")
-    name = backends.resolve_backend(backend, device)
+    name = backends.resolve_backend(backend, device, FAMILY)
     keys = row_keys(b, device, generator)
     per_row_k = rows_k if isinstance(top_k, torch.Tensor) else None  # a scalar k is the candidate width
     ids, logprobs = _call(_sample_op, _sample_impl, inp.logits, inp.weights, inp.temperature, inp.vocab_size,
@@ -210,5 +210,5 @@ def collab_logits(logits: LogitsArg, weights=None, *, temperature=1.0, vocab_siz
     """The combined logits ``z = Σ_m w_m·logits_m[:, :V] / τ`` as ``(B, V)`` float32, in one pass
     (for callers that need them whole, e.g. beam search). ``-inf`` in any model stays ``-inf``."""
     inp = args.collab_inputs(logits, weights, temperature, vocab_size)
-    name = backends.resolve_backend(backend, inp.device)
+    name = backends.resolve_backend(backend, inp.device, FAMILY)
     return _call(_logits_op, _logits_impl, inp.logits, inp.weights, inp.temperature, inp.vocab_size, name)

@@ -64,15 +64,15 @@ KD_MODES = ("self_evolution", "self_evolution_topk", "skew", "noevo", "forward_k
 
 def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, temperature, ignore_index,
             vocab, compute_grad):
-    """The kd row kernel's definition: per-row (loss, d, is_hard) and, if ``compute_grad``, the
-    student logits overwritten with ``d(grad_scale · loss) / d logits`` (autograd on the spec)."""
+    """The kd row kernel's definition: per-row (loss, d, is_hard) from the spec, and, if
+    ``compute_grad``, the student logits overwritten with ``d(grad_scale · loss) / d logits`` by the
+    spec's gradient formulas (checked against autograd on the spec in the tests)."""
     from .self_evolution_kd import per_row_terms
 
     valid = labels != ignore_index
-    x = student.detach().double().requires_grad_(compute_grad)
     safe = torch.where(valid, labels, torch.zeros_like(labels))
-    with torch.enable_grad():
-        d, easy, hard_loss, forward_kd, reverse_kd = per_row_terms(x, teacher[:, :vocab], safe, lam, beta,
+    with torch.no_grad():
+        d, easy, hard_loss, forward_kd, reverse_kd = per_row_terms(student, teacher[:, :vocab], safe, lam, beta,
                                                                    temperature)
         name = KD_MODES[mode]
         if hard is not None:
@@ -86,9 +86,28 @@ def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, 
         loss = {"forward_kd": forward_kd, "reverse_kd": reverse_kd}.get(name, torch.where(is_hard, hard_loss, easy))
         loss = torch.where(valid, loss, torch.zeros_like(loss))
         if compute_grad:
-            (grad,) = torch.autograd.grad((loss * grad_scale.double()).sum(), x)
-            student.copy_(grad.float())
-    return loss.detach().float(), torch.where(valid, d, torch.zeros_like(d)).float(), is_hard
+            grad = _kd_logit_gradient(student[:, :vocab], teacher[:, :vocab], safe, is_hard, name, lam, beta,
+                                      temperature)
+            grad = grad * (grad_scale.double() * valid / temperature).unsqueeze(1)
+            student.zero_()
+            student[:, :vocab] = grad.float()
+    return loss.float(), torch.where(valid, d, torch.zeros_like(d)).float(), is_hard
+
+
+def _kd_logit_gradient(student, teacher, labels, is_hard, mode, lam, beta, temperature):
+    """SPEC §2's per-row gradient with respect to the scaled student logits s, float64 (n, V)."""
+    log_q = torch.log_softmax(student.double() / temperature, dim=1)
+    log_p = torch.log_softmax(teacher.double() / temperature, dim=1)
+    q, p = log_q.exp(), log_p.exp()
+    onehot = torch.nn.functional.one_hot(labels, student.shape[1]).double()
+    y = (1 - lam) * onehot + lam * p
+    if mode == "reverse_kd":
+        kl = (q * (log_q - log_p)).sum(1, keepdim=True)
+        return (1 - lam) * (q - onehot) + lam * q * (log_q - log_p - kl)
+    m = beta * q + (1 - beta) * y
+    r = torch.where(y > 0, y / m, torch.zeros_like(y))
+    hard = beta * q * ((r * q).sum(1, keepdim=True) - r)
+    return torch.where(is_hard.unsqueeze(1), hard, q - y)
 
 
 register_kernels("reference", "kd", rows=kd_rows)

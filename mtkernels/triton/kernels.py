@@ -1,4 +1,5 @@
-"""The triton backend: Triton kernels for the collab primitives (mtkernels/triton/collab.py).
+"""The triton backend: Triton kernels for the collab primitives (mtkernels/triton/collab.py) and
+the self-evolution KD row kernel (mtkernels/triton/self_evolution_kd.py).
 
 On a GPU the kernels JIT-compile on first use; on the CPU they run only under the Triton
 interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which the tests use.
@@ -14,7 +15,7 @@ except ImportError as exc:
     UNAVAILABLE_REASON = f"triton is not installed ({exc}); pip install triton"
 else:
     UNAVAILABLE_REASON = None
-    from . import collab
+    from . import collab, self_evolution_kd
 
     register_kernels(
         "triton",
@@ -24,3 +25,4 @@ else:
         threshold_mass=collab.threshold_mass,
         gumbel_argmax=collab.gumbel_argmax,
     )
+    register_kernels("triton", "kd", rows=self_evolution_kd.rows)

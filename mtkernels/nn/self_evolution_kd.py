@@ -1,0 +1,36 @@
+"""``SelfEvolutionKDLoss``: the fused loss as a module, argument order of Liger-Kernel's fused
+linear distillation losses (student input, student weight, teacher input, teacher weight, labels)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..ops.self_evolution_kd import self_evolution_kd_loss
+
+
+class SelfEvolutionKDLoss(torch.nn.Module):
+    """Self-evolution KD (or a baseline, by ``mode``) from hidden states and lm_head weights.
+
+    ``forward(student_input (N, H_s), student_weight (V_s, H_s), teacher_input (N, H_t),
+    teacher_weight (V_t, H_t), labels (N,), student_bias=None, teacher_bias=None,
+    num_items_in_batch=None)`` returns the loss; see :func:`mtkernels.self_evolution_kd_loss`.
+    """
+
+    def __init__(self, mode: str = "self_evolution", lam: float = 0.5, beta: float = 0.5, gamma: float = 0.4,
+                 hard_fraction: float = 0.2, temperature: float = 1.0, ignore_index: int = -100,
+                 reduction: str = "mean", chunk_size: Optional[int] = None, backend: str = "auto"):
+        super().__init__()
+        self.options = dict(mode=mode, lam=lam, beta=beta, gamma=gamma, hard_fraction=hard_fraction,
+                            temperature=temperature, ignore_index=ignore_index, reduction=reduction,
+                            chunk_size=chunk_size, backend=backend)
+
+    def forward(self, student_input, student_weight, teacher_input, teacher_weight, labels, student_bias=None,
+                teacher_bias=None, num_items_in_batch=None):
+        return self_evolution_kd_loss(student_input, student_weight, teacher_input, teacher_weight, labels,
+                                      student_bias=student_bias, teacher_bias=teacher_bias,
+                                      num_items_in_batch=num_items_in_batch, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -1,0 +1,132 @@
+"""Checking the arguments of the self-evolution KD loss, before any kernel runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+from ..reference.self_evolution_kd import MODES
+
+Tensor = torch.Tensor
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclasses.dataclass
+class KDArgs:
+    num_items: Optional[Tensor]  # () float32 on the inputs' device, or None
+
+
+def _matrix(t, name: str, shape_text: str, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor {shape_text}, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected shape {shape_text}, got {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: dtype must be float32, bfloat16 or float16, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: on {t.device}, but student_input is on {device}")
+
+
+def _bias(b, name: str, rows: int, device):
+    if b is None:
+        return
+    if not isinstance(b, torch.Tensor) or b.dim() != 1 or b.shape[0] != rows:
+        raise ValueError(f"{name}: expected shape ({rows},), got {getattr(b, 'shape', type(b).__name__)}")
+    if b.device != device:
+        raise ValueError(f"{name}: on {b.device}, but student_input is on {device}")
+
+
+def _number(value, name: str, ok, expected: str) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name}: must be {expected}, got {value!r}")
+    return float(value)
+
+
+def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels: expected a ({n},) int64 tensor, got {type(labels).__name__}")
+    if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels: expected a ({n},) int64 tensor, got {tuple(labels.shape)} {labels.dtype}")
+    if labels.device != device:
+        raise ValueError(f"labels: on {labels.device}, but the logits/inputs are on {device}")
+    in_range = (labels == ignore_index) | ((labels >= 0) & (labels < vocab))
+    if labels.device.type == "cpu":
+        if not bool(in_range.all()):
+            bad = labels[~in_range][:5].tolist()
+            raise ValueError(f"labels: must be in [0, {vocab}) or ignore_index={ignore_index}, got {bad}")
+    elif not torch.compiler.is_compiling():
+        torch._assert_async(in_range.all(), "labels: out of [0, vocab) and not ignore_index")  # no host sync
+
+
+def check_options(mode, lam, beta, gamma, hard_fraction, temperature, reduction, chunk_size) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
+    _number(lam, "lam", lambda v: 0 <= v <= 1, "in [0, 1]")
+    _number(beta, "beta", lambda v: 0 < v <= 1, "in (0, 1]")
+    _number(gamma, "gamma", lambda v: v >= 0, ">= 0")
+    _number(hard_fraction, "hard_fraction", lambda v: 0 <= v <= 1, "in [0, 1]")
+    _number(temperature, "temperature", lambda v: v > 0, "> 0")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: must be one of {REDUCTIONS}, got {reduction!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
+        raise ValueError(f"chunk_size: must be a positive int or None, got {chunk_size!r}")
+
+
+def num_items_tensor(num_items_in_batch, device) -> Optional[Tensor]:
+    if num_items_in_batch is None:
+        return None
+    if isinstance(num_items_in_batch, torch.Tensor):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError("num_items_in_batch: expected a number or a one-element tensor")
+        return num_items_in_batch.reshape(()).to(device=device, dtype=torch.float32)
+    _number(num_items_in_batch, "num_items_in_batch", lambda v: v >= 0, ">= 0")
+    return torch.tensor(float(num_items_in_batch), device=device)
+
+
+def check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits, student_bias,
+          teacher_bias, mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction,
+          num_items_in_batch, chunk_size, return_stats) -> KDArgs:
+    check_options(mode, lam, beta, gamma, hard_fraction, temperature, reduction, chunk_size)
+    _matrix(student_input, "student_input", "(N, H_s)")
+    device = student_input.device
+    n, hidden = student_input.shape
+    _matrix(student_weight, "student_weight", "(V_s, H_s)", device)
+    if student_weight.shape[1] != hidden:
+        raise ValueError(f"student_weight: expected (V_s, {hidden}) to match student_input (N, H_s), "
+                         f"got {tuple(student_weight.shape)}")
+    _bias(student_bias, "student_bias", student_weight.shape[0], device)
+    if teacher_logits is not None:
+        if teacher_input is not None or teacher_weight is not None:
+            raise ValueError("teacher_logits: pass either teacher_logits or teacher_input and teacher_weight, not both")
+        _matrix(teacher_logits, "teacher_logits", f"({n}, V_t)", device)
+        if teacher_logits.shape[0] != n:
+            raise ValueError(f"teacher_logits: expected ({n}, V_t), got {tuple(teacher_logits.shape)}")
+        vocab_t = teacher_logits.shape[1]
+    else:
+        if teacher_input is None or teacher_weight is None:
+            raise ValueError("teacher_input and teacher_weight are required unless teacher_logits is given")
+        _matrix(teacher_input, "teacher_input", f"({n}, H_t)", device)
+        _matrix(teacher_weight, "teacher_weight", "(V_t, H_t)", device)
+        if teacher_input.shape[0] != n or teacher_weight.shape[1] != teacher_input.shape[1]:
+            raise ValueError(f"teacher_input / teacher_weight: expected ({n}, H_t) and (V_t, H_t), got "
+                             f"{tuple(teacher_input.shape)} and {tuple(teacher_weight.shape)}")
+        _bias(teacher_bias, "teacher_bias", teacher_weight.shape[0], device)
+        vocab_t = teacher_weight.shape[0]
+    if not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    check_labels(labels, n, min(student_weight.shape[0], vocab_t), ignore_index, device)
+    if not isinstance(return_stats, bool):
+        raise TypeError("return_stats: expected a bool")
+    return KDArgs(num_items_tensor(num_items_in_batch, device))
+
+
+def check_logits(student_logits, teacher_logits) -> None:
+    _matrix(student_logits, "student_logits", "(N, V_s) or (B, T, V_s)")
+    _matrix(teacher_logits, "teacher_logits", "(N, V_t) or (B, T, V_t)", student_logits.device)
+    if teacher_logits.shape[0] != student_logits.shape[0]:
+        raise ValueError(f"teacher_logits: {teacher_logits.shape[0]} rows, student_logits has {student_logits.shape[0]}")

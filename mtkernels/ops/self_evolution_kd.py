@@ -1,0 +1,206 @@
+"""Self-evolution knowledge distillation (SPEC §2): the public loss, its torch ops and autograd.
+
+``mtkernels::self_evolution_kd`` computes the reduced loss and, for ``mean`` / ``sum``, the
+student's gradients in the same pass (backward only scales them). For ``none`` the per-row
+gradient weights are known only in backward, which runs ``mtkernels::self_evolution_kd_backward``:
+a second pass with the hard rows fixed by the forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+
+from .. import backends
+from ..reference import self_evolution_kd as ref
+from . import kd_args
+from .kd_chunked import KDParams, Linear, Logits, chunk_rows, fused_kd_pass
+
+Tensor = torch.Tensor
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class KDStats(NamedTuple):
+    """``num_valid`` and ``num_hard`` rows () int64, ``mean_difficulty`` () float32 (mean d over valid rows)."""
+
+    num_valid: Tensor
+    num_hard: Tensor
+    mean_difficulty: Tensor
+
+
+def _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index) -> KDParams:
+    return KDParams(mode, float(lam), float(beta), float(gamma), float(hard_fraction), float(temperature),
+                    int(ignore_index))
+
+
+def _row_scale(labels: Tensor, ignore_index: int, reduction: str, num_items: Optional[Tensor]) -> Tensor:
+    """Per-row weight of the reduction: 1 (sum) or 1 / denominator (mean; 0 rows -> loss 0)."""
+    ones = torch.ones(labels.shape[0], dtype=torch.float32, device=labels.device)
+    if reduction == "sum":
+        return ones
+    denominator = (labels != ignore_index).sum() if num_items is None else num_items
+    return ones / denominator.to(torch.float32).clamp_min(1)
+
+
+def _reduce(rows: Tensor, scale: Tensor, reduction: str) -> Tensor:
+    return rows if reduction == "none" else (rows * scale).sum()
+
+
+def _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits):
+    if teacher_logits is not None:
+        return Logits(teacher_logits)
+    return Linear(teacher_input, teacher_weight, teacher_bias)
+
+
+# --- torch ops ------------------------------------------------------------------------------------
+
+@torch.library.custom_op("mtkernels::self_evolution_kd", mutates_args=())
+def _kd_op(student_input: Tensor, student_weight: Tensor, student_bias: Optional[Tensor],
+           teacher_input: Optional[Tensor], teacher_weight: Optional[Tensor], teacher_bias: Optional[Tensor],
+           teacher_logits: Optional[Tensor], labels: Tensor, num_items: Optional[Tensor], mode: str, lam: float,
+           beta: float, gamma: float, hard_fraction: float, temperature: float, ignore_index: int, reduction: str,
+           chunk_size: int, backend: str, need_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(loss, d (N,), hard (N,) bool, grad_input, grad_weight fp32, grad_bias fp32)``; the
+    gradients are of the returned loss (empty for ``none``, without ``need_grad``, and ``grad_bias``
+    without a bias)."""
+    params = _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index)
+    student = Linear(student_input, student_weight, student_bias)
+    teacher = _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits)
+    scale = _row_scale(labels, ignore_index, reduction, num_items)
+    want_grad = need_grad and reduction != "none"
+    rows, d, hard, grads = fused_kd_pass(student, teacher, labels, params, scale if want_grad else None, None,
+                                         chunk_size, backend)
+    def empty():  # outputs must not alias each other
+        return student_input.new_empty(0, dtype=torch.float32)
+
+    grad_input, grad_weight, grad_bias = grads if grads is not None else (student_input.new_empty(0), empty(), None)
+    return _reduce(rows, scale, reduction), d, hard, grad_input, grad_weight, empty() if grad_bias is None else grad_bias
+
+
+@_kd_op.register_fake
+def _(student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias, teacher_logits,
+      labels, num_items, mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size,
+      backend, need_grad):
+    n = labels.shape[0]
+    new = student_input.new_empty
+    loss = new((n,), dtype=torch.float32) if reduction == "none" else new((), dtype=torch.float32)
+    grads = need_grad and reduction != "none"
+    return (loss, new((n,), dtype=torch.float32), new((n,), dtype=torch.bool),
+            new(student_input.shape if grads else (0,)),
+            new(student_weight.shape if grads else (0,), dtype=torch.float32),
+            new(student_bias.shape if grads and student_bias is not None else (0,), dtype=torch.float32))
+
+
+@torch.library.custom_op("mtkernels::self_evolution_kd_backward", mutates_args=())
+def _kd_backward_op(grad_rows: Tensor, hard: Tensor, student_input: Tensor, student_weight: Tensor,
+                    student_bias: Optional[Tensor], teacher_input: Optional[Tensor], teacher_weight: Optional[Tensor],
+                    teacher_bias: Optional[Tensor], teacher_logits: Optional[Tensor], labels: Tensor, mode: str,
+                    lam: float, beta: float, gamma: float, hard_fraction: float, temperature: float,
+                    ignore_index: int, chunk_size: int, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``Σ_i grad_rows_i · loss_i`` (reduction ``none``), hard rows as in forward."""
+    params = _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index)
+    student = Linear(student_input, student_weight, student_bias)
+    teacher = _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits)
+    *_, grads = fused_kd_pass(student, teacher, labels, params, grad_rows.float().contiguous(), hard, chunk_size,
+                              backend)
+    grad_input, grad_weight, grad_bias = grads
+    return grad_input, grad_weight, student_input.new_empty(0, dtype=torch.float32) if grad_bias is None else grad_bias
+
+
+@_kd_backward_op.register_fake
+def _(grad_rows, hard, student_input, student_weight, student_bias, *rest):
+    return (student_input.new_empty(student_input.shape), student_weight.new_empty(student_weight.shape,
+                                                                                     dtype=torch.float32),
+            student_input.new_empty(student_bias.shape if student_bias is not None else (0,), dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    (student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias, teacher_logits,
+     labels, _num_items, *options) = inputs
+    ctx.options = options[:10]  # mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk, backend
+    ctx.has_bias = student_bias is not None
+    _, _, hard, grad_input, grad_weight, grad_bias = output
+    if options[7] == "none":
+        ctx.save_for_backward(hard, student_input, student_weight, student_bias, teacher_input, teacher_weight,
+                              teacher_bias, teacher_logits, labels)
+    else:
+        ctx.save_for_backward(grad_input, grad_weight, grad_bias)
+    ctx.weight_dtype = student_weight.dtype
+
+
+def _backward(ctx, grad_loss, _grad_d, _grad_hard, _gi, _gw, _gb):
+    mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk, backend = ctx.options
+    if reduction == "none":
+        hard, *saved = ctx.saved_tensors
+        grad_input, grad_weight, grad_bias = _kd_backward_op(grad_loss, hard, *saved, mode, lam, beta, gamma,
+                                                             hard_fraction, temperature, ignore_index, chunk, backend)
+    else:
+        grad_input, grad_weight, grad_bias = (g * grad_loss for g in ctx.saved_tensors)
+    grad_weight = grad_weight.to(ctx.weight_dtype)
+    grad_bias = grad_bias.to(ctx.weight_dtype) if ctx.has_bias else None
+    return (grad_input, grad_weight, grad_bias) + (None,) * 17
+
+
+torch.library.register_autograd("mtkernels::self_evolution_kd", _backward, setup_context=_setup_context)
+
+
+# --- public API -----------------------------------------------------------------------------------
+
+def _finish(loss, d, hard, labels, ignore_index, return_stats):
+    if not return_stats:
+        return loss
+    valid = labels != ignore_index
+    num_valid = valid.sum()
+    mean_d = (d * valid).sum() / num_valid.clamp_min(1)
+    return loss, KDStats(num_valid, (hard & valid).sum(), mean_d)
+
+
+def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teacher_input: Optional[Tensor] = None,
+                           teacher_weight: Optional[Tensor] = None, labels: Optional[Tensor] = None, *,
+                           teacher_logits: Optional[Tensor] = None, student_bias: Optional[Tensor] = None,
+                           teacher_bias: Optional[Tensor] = None, mode: str = "self_evolution", lam: float = 0.5,
+                           beta: float = 0.5, gamma: float = 0.4, hard_fraction: float = 0.2,
+                           temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
+                           num_items_in_batch=None, chunk_size: Optional[int] = None, return_stats: bool = False,
+                           backend: str = "auto"):
+    """Self-evolution KD loss (or a baseline, by ``mode``) from hidden states and lm_head weights.
+
+    Never materialises tokens × vocabulary: logits are formed in row chunks (``chunk_size`` rows,
+    default from a 48 MiB budget), and the student's gradients are computed in the same pass.
+
+    Args:
+        student_input: ``(N, H_s)`` final hidden states; student_weight ``(V_s, H_s)``; student_bias ``(V_s,)``.
+        teacher_input: ``(N, H_t)``, teacher_weight ``(V_t, H_t)``, teacher_bias ``(V_t,)``; or instead
+            ``teacher_logits (N, V_t)``. The teacher gets no gradient.
+        labels: ``(N,)`` int64, already aligned with the inputs (callers shift); ``ignore_index`` rows count for nothing.
+        mode: ``self_evolution`` | ``self_evolution_topk`` | ``skew`` | ``noevo`` | ``forward_kd`` | ``reverse_kd``.
+        lam, beta, gamma, hard_fraction, temperature: SPEC §2 (λ ∈ [0,1], β ∈ (0,1], Γ ≥ 0, fraction ∈ [0,1], τ > 0).
+        reduction: ``mean`` (Σ rows / n_valid, or / ``num_items_in_batch``), ``sum`` or ``none`` (``(N,)``).
+        return_stats: also return :class:`KDStats` (valid rows, hard rows, mean difficulty).
+
+    Returns:
+        the loss (``()`` float32, or ``(N,)`` for ``none``), and :class:`KDStats` if ``return_stats``.
+    """
+    a = kd_args.check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits,
+                      student_bias, teacher_bias, mode, lam, beta, gamma, hard_fraction, temperature, ignore_index,
+                      reduction, num_items_in_batch, chunk_size, return_stats)
+    name = backends.resolve_backend(backend, student_input.device, "kd")
+    if name == "reference":
+        student_logits = Linear(student_input, student_weight, student_bias).logits(slice(None))
+        teacher = teacher_logits if teacher_logits is not None else Linear(teacher_input, teacher_weight,
+                                                                          teacher_bias).logits(slice(None))
+        loss, stats = ref.self_evolution_kd_loss_from_logits(
+            student_logits, teacher.detach(), labels, mode=mode, lam=lam, beta=beta, gamma=gamma,
+            hard_fraction=hard_fraction, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
+            num_items_in_batch=a.num_items)
+        return (loss, KDStats(*stats)) if return_stats else loss
+    vocab_t = teacher_logits.shape[1] if teacher_logits is not None else teacher_weight.shape[0]
+    chunk = chunk_rows(labels.shape[0], student_weight.shape[0], vocab_t, chunk_size)
+    need_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (student_input, student_weight, student_bias))
+    loss, d, hard, *_ = torch.ops.mtkernels.self_evolution_kd(
+        student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias, teacher_logits,
+        labels, a.num_items, mode, float(lam), float(beta), float(gamma), float(hard_fraction), float(temperature),
+        int(ignore_index), reduction, chunk, name, need_grad)
+    return _finish(loss, d, hard, labels, ignore_index, return_stats)
