@@ -55,12 +55,12 @@ def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
     if labels.device != device:
         raise ValueError(f"labels: on {labels.device}, but the logits/inputs are on {device}")
     in_range = (labels == ignore_index) | ((labels >= 0) & (labels < vocab))
-    if labels.device.type == "cpu":
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(in_range.all()):
             bad = labels[~in_range][:5].tolist()
             raise ValueError(f"labels: must be in [0, {vocab}) or ignore_index={ignore_index}, got {bad}")
-    elif not torch.compiler.is_compiling():
-        torch._assert_async(in_range.all(), "labels: out of [0, vocab) and not ignore_index")  # no host sync
+    else:  # a device-side assertion: no host sync, no graph break
+        torch._assert_async(in_range.all(), "labels: out of [0, vocab) and not ignore_index")
 
 
 def check_options(mode, lam, beta, gamma, hard_fraction, temperature, reduction, chunk_size) -> None:

@@ -97,4 +97,5 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
             float(num_items_in_batch), dtype=torch.float64)
         loss = rows.sum() / denominator.clamp_min(1)
     mean_d = (d * valid).sum() / num_valid.clamp_min(1)
-    return loss.float(), KDStats(num_valid, is_hard.sum(), mean_d.float())
+    out_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32  # float64 for gradcheck
+    return loss.to(out_dtype), KDStats(num_valid, is_hard.sum(), mean_d.float())
