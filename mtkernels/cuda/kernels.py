@@ -3,6 +3,7 @@
 Thin wrappers over ``torch.ops.mtkernels_cuda.*`` (the four collab primitives of
 mtkernels/ops/collab_sampling.py). The fused top-k handles ``k <= 1024``; a wider ``k`` falls back to
 the ``logits`` kernel and a stable sort, which materialises ``(B, V)`` but stays exact.
+The self-evolution KD row kernel is ``torch.ops.mtkernels_cuda.kd_rows`` (csrc/cuda/self_evolution_kd.cu).
 """
 
 from __future__ import annotations
@@ -43,3 +44,15 @@ def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
 
 
 register_kernels("cuda", "collab", topk=topk, logits=logits, threshold_mass=threshold_mass, gumbel_argmax=gumbel_argmax)
+
+
+def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, temperature, ignore_index, vocab,
+            compute_grad):
+    """(loss, d, is_hard) per row; overwrites ``student`` with the gradient if ``compute_grad``
+    (contract: /work/notes/kd_contract.md, definition: ``kd_rows`` in mtkernels/reference/kernels.py)."""
+    return torch.ops.mtkernels_cuda.kd_rows(student, teacher, labels, hard, grad_scale, int(mode), float(lam),
+                                            float(beta), float(gamma), float(temperature), int(ignore_index),
+                                            int(vocab), bool(compute_grad))
+
+
+register_kernels("cuda", "kd", rows=kd_rows)
