@@ -44,3 +44,16 @@ def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
 if UNAVAILABLE_REASON is None:
     register_kernels("cpu", "collab", topk=topk, logits=logits, threshold_mass=threshold_mass,
                      gumbel_argmax=gumbel_argmax)
+
+
+def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, temperature, ignore_index, vocab,
+            compute_grad):
+    """Self-evolution KD row kernel (csrc/cpu/self_evolution_kd.cpp); ``student`` becomes the gradient
+    in place when ``compute_grad``."""
+    return torch.ops.mtkernels_cpu.kd_rows(student, teacher, labels, hard, grad_scale, int(mode), float(lam),
+                                           float(beta), float(gamma), float(temperature), int(ignore_index),
+                                           int(vocab), bool(compute_grad))
+
+
+if UNAVAILABLE_REASON is None:
+    register_kernels("cpu", "kd", rows=kd_rows)
