@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import mtkernels
 from mtkernels import backends
@@ -254,3 +256,26 @@ def test_inputs_are_not_modified():
         run(path, case, mode="self_evolution_topk")
     for k, v in before.items():
         assert torch.equal(v, case[k])
+
+
+@st.composite
+def kd_case(draw):
+    n = draw(st.integers(1, 24))
+    v_s, v_t = draw(st.integers(2, 300)), draw(st.integers(2, 300))
+    params = dict(mode=draw(st.sampled_from(MODES)), lam=draw(st.sampled_from([0.0, 0.3, 1.0])),
+                  beta=draw(st.sampled_from([0.2, 1.0])), gamma=draw(st.sampled_from([0.0, 0.4, 5.0])),
+                  hard_fraction=draw(st.sampled_from([0.0, 0.5, 1.0])), temperature=draw(st.sampled_from([0.5, 2.0])),
+                  reduction=draw(st.sampled_from(["mean", "sum", "none"])), chunk_size=draw(st.integers(1, 9)))
+    return n, v_s, v_t, draw(st.integers(0, 2**16)), draw(st.booleans()), params
+
+
+@pytest.mark.parametrize("path", KD_BACKENDS)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=kd_case())
+def test_property_every_backend_matches_reference(path, case):
+    n, v_s, v_t, seed, bias, params = case
+    inputs = make_case(n=n, h_s=8, h_t=12, v_s=v_s, v_t=v_t, bias=bias, seed=seed, scale=3.0, ignore_every=3)
+    grad_out = torch.randn(n, generator=torch.Generator().manual_seed(seed)) if params["reduction"] == "none" else None
+    got, want = run(path, inputs, grad_out, **params), run("reference", inputs, grad_out, **params)
+    assert all(torch.isfinite(g).all() for g in got if g is not None)
+    assert_same(got, want, 1e-4, 1e-5)
