@@ -115,6 +115,17 @@ __device__ __forceinline__ float log_ratio(float lq, float ly, const Derived& c)
   return ly - log_add_exp(c.log_beta + lq, c.log1m_beta + ly);
 }
 
+// kIlp columns per thread (base, base + kThreads, ...) of both rows, divided by T; `pad` past vocab.
+__device__ __forceinline__ void load_scaled(const float* srow, const float* trow, int base, int vocab, float inv_t,
+                                            float pad, float (&s)[kIlp], float (&t)[kIlp]) {
+#pragma unroll
+  for (int e = 0; e < kIlp; ++e) {
+    const int j = base + e * kThreads;
+    s[e] = j < vocab ? srow[j] * inv_t : pad;
+    t[e] = j < vocab ? trow[j] * inv_t : pad;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) kd_rows_kernel(const KdRowsArgs a, const Derived c) {
   __shared__ union {
     typename cub::BlockReduce<Stats, kThreads>::TempStorage stats;
@@ -152,12 +163,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) kd_rows_kernel(cons
   Stats acc = empty_stats();
   for (int base = tid; base < vocab; base += kTile) {
     float s[kIlp], t[kIlp];
+    load_scaled(srow, trow, base, vocab, c.inv_t, neg_inf(), s, t);
     float round_ms = neg_inf(), round_mt = neg_inf();
 #pragma unroll
     for (int e = 0; e < kIlp; ++e) {
-      const int j = base + e * kThreads;
-      s[e] = j < vocab ? srow[j] * c.inv_t : neg_inf();
-      t[e] = j < vocab ? trow[j] * c.inv_t : neg_inf();
       round_ms = fmaxf(round_ms, s[e]);
       round_mt = fmaxf(round_mt, t[e]);
     }
@@ -232,12 +241,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) kd_rows_kernel(cons
     float2 part = make_float2(0.f, 0.f);
     for (int base = tid; base < vocab; base += kTile) {
       float s[kIlp], t[kIlp];
-#pragma unroll
-      for (int e = 0; e < kIlp; ++e) {
-        const int j = base + e * kThreads;
-        s[e] = j < vocab ? srow[j] * c.inv_t : 0.f;
-        t[e] = j < vocab ? trow[j] * c.inv_t : 0.f;
-      }
+      load_scaled(srow, trow, base, vocab, c.inv_t, 0.f, s, t);
 #pragma unroll
       for (int e = 0; e < kIlp; ++e) {
         const int j = base + e * kThreads;
@@ -266,12 +270,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) kd_rows_kernel(cons
   const float lam = a.lam, beta = a.beta, kl_qp = info.kl_qp;
   for (int base = tid; base < cols; base += kTile) {
     float s[kIlp], t[kIlp];
-#pragma unroll
-    for (int e = 0; e < kIlp; ++e) {
-      const int j = base + e * kThreads;
-      s[e] = j < vocab ? srow[j] * c.inv_t : 0.f;
-      t[e] = j < vocab ? trow[j] * c.inv_t : 0.f;
-    }
+    load_scaled(srow, trow, base, vocab, c.inv_t, 0.f, s, t);
 #pragma unroll
     for (int e = 0; e < kIlp; ++e) {
       const int j = base + e * kThreads;
