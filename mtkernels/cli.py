@@ -11,6 +11,7 @@ PyTorch chains they replace, prints one line per case as it runs and then a tabl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -21,11 +22,13 @@ import torch
 
 import mtkernels
 
+from .bench import kd as kd_bench
 from .bench import measure, problems, report
 from .bench.collab import bench_backends
 from .bench.runner import Record, SuiteConfig, run_suite
 
 JSON_NAME = "collab.json"
+KD_JSON_NAME = "kd.json"
 PLOT_NAME = "collab_speedup_vs_vocab.png"
 
 
@@ -39,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="time only this backend (default: every available one but reference)")
     bench.add_argument("--no-compile", dest="compile", action="store_false",
                        help="skip the torch.compile baseline")
+    bench.add_argument("--no-kd", dest="kd", action="store_false", help="skip the self-evolution KD loss")
     commands.add_parser("backends", help="which backends can run here, and why not")
     return parser
 
@@ -111,7 +115,22 @@ def bench(args: argparse.Namespace) -> int:
     batches = sorted({s.batch for s in config.sweep}, reverse=True)
     report.plot_speedup_vs_vocab(plot_path, records, batches)
     print(f"\nwrote {json_path} and {plot_path}")
+    if args.kd:
+        _bench_kd(args)
     return 0
+
+
+def _bench_kd(args: argparse.Namespace) -> None:
+    """The self-evolution KD loss (forward + backward) beside eager, Liger and the GEMM floor."""
+    print("\nself-evolution KD loss, forward + backward, CPU")
+    shapes = [(128, 64, 8000)] if args.quick else kd_bench.DEFAULT_SHAPES
+    timing = measure.QUICK_TIMING if args.quick else measure.Timing()
+    records = kd_bench.run(shapes, timing)
+    print(kd_bench.format_table(records))
+    path = os.path.join(args.out, KD_JSON_NAME)
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
+    print(f"\nwrote {path}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
