@@ -167,7 +167,7 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
     """Self-evolution KD loss (or a baseline, by ``mode``) from hidden states and lm_head weights.
 
     Never materialises tokens × vocabulary: logits are formed in row chunks (``chunk_size`` rows,
-    default from a 48 MiB budget), and the student's gradients are computed in the same pass.
+    default from a 128 MiB budget), and the student's gradients are computed in the same pass.
 
     Args:
         student_input: ``(N, H_s)`` final hidden states; student_weight ``(V_s, H_s)``; student_bias ``(V_s,)``.
