@@ -53,6 +53,20 @@ def _invalid_rows(lse: Tensor) -> Optional[Tensor]:
 
 # --- torch ops ------------------------------------------------------------------------------------
 
+def _spec_kernel(name: str, backend: str):
+    """A backend's whole-op kernel (the reference's spec functions), or None: then the op is
+    composed from the backend's collab primitives."""
+    try:
+        return backends.kernel(FAMILY, name, backend)
+    except NotImplementedError:
+        return None
+
+
+def _scaled_weights(weights: Tensor, temperature: Tensor) -> Tensor:
+    """``(B, M)`` weights / temperature: what the primitives take."""
+    return weights / temperature.unsqueeze(1)
+
+
 def _call(op, impl, *args):
     """The torch op under torch.compile; in eager mode its implementation directly, which skips
     the dispatcher's per-call overhead (tens of microseconds, as much as a B = 1 kernel)."""
@@ -61,11 +75,12 @@ def _call(op, impl, *args):
 
 def _softmax_topk_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, k: int,
                      backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    try:
-        probs, ids, lse = backends.kernel(FAMILY, "spec_softmax", backend)(logits, weights, temperature, vocab_size, k)
-    except NotImplementedError:
-        sw = weights / temperature.unsqueeze(1)
-        values, ids, lse = backends.kernel(FAMILY, "topk", backend)(logits, sw, vocab_size, k)
+    spec = _spec_kernel("spec_softmax", backend)
+    if spec is not None:
+        probs, ids, lse = spec(logits, weights, temperature, vocab_size, k)
+    else:
+        values, ids, lse = backends.kernel(FAMILY, "topk", backend)(logits, _scaled_weights(weights, temperature),
+                                                                    vocab_size, k)
         probs = torch.exp(values - lse.unsqueeze(1))
     bad = _invalid_rows(lse)
     return (probs, ids, lse) if bad is None else (probs, ids, lse.masked_fill(bad, float("nan")))
@@ -85,10 +100,7 @@ def _sample_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, voc
                max_top_k: int, top_p: Optional[Tensor], min_p: Optional[Tensor], greedy: bool, keys: Tensor,
                need_logprobs: bool, backend: str) -> Tuple[Tensor, Tensor]:
     # top_k / top_p / min_p None: that filter is off for every row (saves work on every path).
-    try:
-        spec = backends.kernel(FAMILY, "spec_sample", backend)
-    except NotImplementedError:
-        spec = None
+    spec = _spec_kernel("spec_sample", backend)
     if spec is not None:
         off = torch.zeros_like(temperature)
         ids, logprobs = spec(logits, weights, temperature, vocab_size,
@@ -98,7 +110,7 @@ def _sample_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, voc
                                                                               vocab_size), dim=1)
     else:
         kernels = _kernels(backend)
-        sw = weights / temperature.unsqueeze(1)
+        sw = _scaled_weights(weights, temperature)
         if max_top_k > 0:
             values, candidates, lse = kernels["topk"](logits, sw, vocab_size, max_top_k)
             ids, logprobs = sample_candidates(values, candidates, top_k, top_p, min_p, greedy, keys)
@@ -119,11 +131,10 @@ def _(logits, weights, temperature, vocab_size, top_k, max_top_k, top_p, min_p, 
 
 
 def _logits_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, backend: str) -> Tensor:
-    try:
-        return backends.kernel(FAMILY, "spec_logits", backend)(logits, weights, temperature, vocab_size).float()
-    except NotImplementedError:
-        sw = weights / temperature.unsqueeze(1)
-        return backends.kernel(FAMILY, "logits", backend)(logits, sw, vocab_size)
+    spec = _spec_kernel("spec_logits", backend)
+    if spec is not None:
+        return spec(logits, weights, temperature, vocab_size).float()
+    return backends.kernel(FAMILY, "logits", backend)(logits, _scaled_weights(weights, temperature), vocab_size)
 
 
 _logits_op = torch.library.custom_op("mtkernels::collab_logits", _logits_impl, mutates_args=())

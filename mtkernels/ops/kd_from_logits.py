@@ -14,7 +14,7 @@ from .. import backends
 from ..reference import self_evolution_kd as ref
 from . import kd_args
 from .kd_chunked import Logits, chunk_rows, fused_kd_pass
-from .self_evolution_kd import KDStats, _finish, _params, _reduce, _row_scale
+from .self_evolution_kd import _finish, _params, _reduce, _row_scale
 
 Tensor = torch.Tensor
 
@@ -93,7 +93,7 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
             hard_fraction=hard_fraction, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
             num_items_in_batch=num_items)
         loss = loss.reshape(shape) if reduction == "none" else loss
-        return (loss, KDStats(*stats)) if return_stats else loss
+        return (loss, stats) if return_stats else loss
     chunk = chunk_rows(labels.shape[0], student_logits.shape[1], teacher_logits.shape[1], chunk_size)
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, d, hard, _ = torch.ops.mtkernels.self_evolution_kd_from_logits(

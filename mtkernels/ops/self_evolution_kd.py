@@ -8,7 +8,7 @@ a second pass with the hard rows fixed by the forward pass.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -18,15 +18,7 @@ from . import kd_args
 from .kd_chunked import KDParams, Linear, Logits, chunk_rows, fused_kd_pass
 
 Tensor = torch.Tensor
-REDUCTIONS = ("mean", "sum", "none")
-
-
-class KDStats(NamedTuple):
-    """``num_valid`` and ``num_hard`` rows () int64, ``mean_difficulty`` () float32 (mean d over valid rows)."""
-
-    num_valid: Tensor
-    num_hard: Tensor
-    mean_difficulty: Tensor
+KDStats = ref.KDStats  # (num_valid, num_hard, mean_difficulty): one definition for every backend
 
 
 def _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index) -> KDParams:
@@ -194,7 +186,7 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
             student_logits, teacher.detach(), labels, mode=mode, lam=lam, beta=beta, gamma=gamma,
             hard_fraction=hard_fraction, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
             num_items_in_batch=a.num_items)
-        return (loss, KDStats(*stats)) if return_stats else loss
+        return (loss, stats) if return_stats else loss
     vocab_t = teacher_logits.shape[1] if teacher_logits is not None else teacher_weight.shape[0]
     chunk = chunk_rows(labels.shape[0], student_weight.shape[0], vocab_t, chunk_size)
     need_grad = torch.is_grad_enabled() and any(
