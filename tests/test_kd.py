@@ -258,6 +258,26 @@ def test_inputs_are_not_modified():
         assert torch.equal(v, case[k])
 
 
+@pytest.mark.parametrize("path", KD_BACKENDS)
+def test_backward_scales_by_incoming_gradient_and_refuses_a_second_backward(path):
+    case = make_case(seed=15, bias=True)
+    device = device_for(path)
+    inputs = {k: (v.to(device) if v is not None else None) for k, v in case.items()}
+    want = None
+    for scale in (2.5, 1.0):  # a scaled loss, as under gradient accumulation, and the plain one
+        for key in ("student_input", "student_weight", "student_bias"):
+            inputs[key] = inputs[key].detach().requires_grad_()
+        loss = mtkernels.self_evolution_kd_loss(**inputs, backend=path)
+        (loss * scale).backward(retain_graph=True)
+        grads = [inputs[k].grad.cpu() / scale for k in ("student_input", "student_weight", "student_bias")]
+        if want is not None:
+            assert_same(grads, want, 1e-5, 1e-7)
+        want = grads
+        # backward only scales the gradients formed in forward, in place: a second one must fail loudly
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
 @st.composite
 def kd_case(draw):
     n = draw(st.integers(1, 24))

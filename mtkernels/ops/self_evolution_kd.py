@@ -112,7 +112,11 @@ def _setup_context(ctx, inputs, output):
      labels, _num_items, *options) = inputs
     ctx.options = options[:10]  # mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk, backend
     ctx.has_bias = student_bias is not None
-    _, _, hard, grad_input, grad_weight, grad_bias = output
+    _, d, hard, grad_input, grad_weight, grad_bias = output
+    # Only the loss is differentiable; without this autograd would hand backward zero-filled
+    # gradients for the other outputs, one of them weight-sized.
+    ctx.mark_non_differentiable(d, hard, grad_input, grad_weight, grad_bias)
+    ctx.set_materialize_grads(False)
     if options[7] == "none":
         ctx.save_for_backward(hard, student_input, student_weight, student_bias, teacher_input, teacher_weight,
                               teacher_bias, teacher_logits, labels)
@@ -123,12 +127,18 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_d, _grad_hard, _gi, _gw, _gb):
     mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk, backend = ctx.options
+    if grad_loss is None:
+        return (None,) * 20
     if reduction == "none":
         hard, *saved = ctx.saved_tensors
         grad_input, grad_weight, grad_bias = _kd_backward_op(grad_loss, hard, *saved, mode, lam, beta, gamma,
                                                              hard_fraction, temperature, ignore_index, chunk, backend)
-    else:
+    elif torch.compiler.is_compiling():
         grad_input, grad_weight, grad_bias = (g * grad_loss for g in ctx.saved_tensors)
+    else:
+        # Scale the forward's gradients in place: a second weight-sized copy would double the peak.
+        # A second backward through the same graph then fails autograd's saved-tensor version check.
+        grad_input, grad_weight, grad_bias = (g.mul_(grad_loss) for g in ctx.saved_tensors)
     grad_weight = grad_weight.to(ctx.weight_dtype)
     grad_bias = grad_bias.to(ctx.weight_dtype) if ctx.has_bias else None
     return (grad_input, grad_weight, grad_bias) + (None,) * 17
@@ -179,9 +189,9 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
                       reduction, num_items_in_batch, chunk_size, return_stats)
     name = backends.resolve_backend(backend, student_input.device, "kd")
     if name == "reference":
-        student_logits = Linear(student_input, student_weight, student_bias).logits(slice(None))
-        teacher = teacher_logits if teacher_logits is not None else Linear(teacher_input, teacher_weight,
-                                                                          teacher_bias).logits(slice(None))
+        student_logits = torch.nn.functional.linear(student_input, student_weight, student_bias).float()
+        teacher = teacher_logits if teacher_logits is not None else torch.nn.functional.linear(
+            teacher_input, teacher_weight, teacher_bias).float()
         loss, stats = ref.self_evolution_kd_loss_from_logits(
             student_logits, teacher.detach(), labels, mode=mode, lam=lam, beta=beta, gamma=gamma,
             hard_fraction=hard_fraction, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
