@@ -278,6 +278,28 @@ def test_backward_scales_by_incoming_gradient_and_refuses_a_second_backward(path
             loss.backward()
 
 
+def test_peak_memory_is_the_gradients_plus_one_chunk():
+    from mtkernels.bench.measure import peak_memory_mb
+
+    n, h, v, chunk = 64, 32, 5003, 8
+    case = make_case(n=n, h_s=h, h_t=h, v_s=v, v_t=v, bias=False, seed=16)
+    chunk_mb = chunk * 2 * v * 4 / 2**20  # student + teacher float32 logits of one chunk
+    slack_mb = 0.1  # O(N) statistics and a few (chunk, H) rows
+
+    def linear():
+        run("cpu", case, chunk_size=chunk)
+
+    def from_logits():
+        s = (case["student_input"] @ case["student_weight"].T).requires_grad_()
+        t = case["teacher_input"] @ case["teacher_weight"].T
+        mtkernels.self_evolution_kd_loss_from_logits(s, t, case["labels"], chunk_size=chunk, backend="cpu").backward()
+
+    gradients_mb = (n * h + v * h) * 4 / 2**20  # grad_input + grad_weight
+    assert peak_memory_mb(linear, "cpu") <= gradients_mb + chunk_mb + slack_mb
+    logits_mb = n * v * 4 / 2**20  # from_logits allocates its inputs (2 x logits) and the logits' gradient
+    assert peak_memory_mb(from_logits, "cpu") <= 3 * logits_mb + chunk_mb + slack_mb
+
+
 @st.composite
 def kd_case(draw):
     n = draw(st.integers(1, 24))

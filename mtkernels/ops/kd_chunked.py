@@ -18,9 +18,10 @@ from .. import backends
 from ..reference.self_evolution_kd import MODES, num_hard_rows
 
 Tensor = torch.Tensor
-# Student + teacher float32 logits of one chunk: with the gradients this function must return, the
-# whole working set above the inputs (scratch rows, O(N) statistics) stays under 64 MiB.
-DEFAULT_CHUNK_BYTES = 60 * 2**20
+# Bytes of one chunk's student + teacher float32 logits. CPU: with the gradients the loss must return,
+# the whole working set above the inputs stays under 64 MiB. CUDA: device memory is plentiful and
+# few-row chunks would leave the GEMMs launch-bound, so a chunk there holds about a thousand rows at V = 128k.
+CHUNK_BYTES = {"cpu": 60 * 2**20, "cuda": 1024 * 2**20}
 CPU_VOCAB_BLOCK = 1024
 
 
@@ -75,17 +76,24 @@ class Linear:
         return out
 
     def new_grads(self):
-        grad_bias = None if self.bias is None else torch.zeros(self.bias.shape, dtype=torch.float32,
-                                                                device=self.x.device)
-        return torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device), torch.zeros(self.weight.shape, dtype=torch.float32,
-                                                     device=self.x.device), grad_bias
+        # grad_weight / grad_bias (fp32) are written by the first chunk and accumulated by the rest;
+        # with no rows at all there is no first chunk, so they start at zero then.
+        fp32 = dict(dtype=torch.float32, device=self.x.device)
+        new = torch.empty if self.x.shape[0] > 0 else torch.zeros
+        grad_bias = None if self.bias is None else new(self.bias.shape, **fp32)
+        return torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device), new(self.weight.shape, **fp32), \
+            grad_bias
 
     def accumulate(self, grads, rows: slice, grad_logits: Tensor) -> None:
         grad_x, grad_weight, grad_bias = grads
+        first = rows.start == 0
         torch.mm(grad_logits.to(self.weight.dtype), self.weight, out=grad_x[rows])  # no temporary
-        grad_weight.addmm_(grad_logits.T, self.x[rows].float())  # fp32 accumulation across chunks
+        # fp32 accumulation across chunks (beta = 0 ignores the uninitialised values, NaN included)
+        grad_weight.addmm_(grad_logits.T, self.x[rows].float(), beta=0 if first else 1)
         if grad_bias is not None:
-            grad_bias += grad_logits.sum(0)
+            if first:
+                grad_bias.zero_()
+            grad_bias.add_(grad_logits.sum(0))
 
 
 @dataclasses.dataclass
@@ -109,11 +117,11 @@ class Logits:
         grads[0][rows] = grad_logits
 
 
-def chunk_rows(n: int, vocab_s: int, vocab_t: int, chunk_size: Optional[int]) -> int:
+def chunk_rows(n: int, vocab_s: int, vocab_t: int, chunk_size: Optional[int], device: torch.device) -> int:
     if chunk_size is not None:
         return max(1, min(int(chunk_size), n))
     per_row = 4 * (vocab_s + vocab_t)
-    return max(1, min(n, DEFAULT_CHUNK_BYTES // per_row))
+    return max(1, min(n, CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"]) // per_row))
 
 
 def hard_rows_by_rank(student, teacher, labels: Tensor, params: KDParams, vocab: int, chunk: int,

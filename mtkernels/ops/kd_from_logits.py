@@ -48,15 +48,20 @@ def _(student_logits, teacher_logits, labels, grad_rows, hard_rows, num_items, m
 def _setup_context(ctx, inputs, output):
     student_logits, teacher_logits, labels, _grad_rows, _hard_rows, num_items, *options = inputs
     ctx.options = options
-    _, _, hard, grad = output
+    _, d, hard, grad = output
+    ctx.mark_non_differentiable(d, hard, grad)  # else backward gets a zero-filled (N, V) for grad
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(grad, hard, student_logits, teacher_logits, labels, num_items)
 
 
 def _backward(ctx, grad_loss, _grad_d, _grad_hard, _grad_grad):
+    if grad_loss is None:
+        return (None,) * 17
     grad, hard, student_logits, teacher_logits, labels, num_items = ctx.saved_tensors
     *options, need_grad = ctx.options
     if options[7] != "none":
-        return (grad * grad_loss,) + (None,) * 16
+        # in place, as in the linear form: no second (N, V) tensor; a second backward fails loudly
+        return (grad * grad_loss if torch.compiler.is_compiling() else grad.mul_(grad_loss),) + (None,) * 16
     grad = _op(student_logits, teacher_logits, labels, grad_loss, hard, num_items, *options, True)[3]
     return (grad,) + (None,) * 16
 
@@ -94,7 +99,8 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
             num_items_in_batch=num_items)
         loss = loss.reshape(shape) if reduction == "none" else loss
         return (loss, stats) if return_stats else loss
-    chunk = chunk_rows(labels.shape[0], student_logits.shape[1], teacher_logits.shape[1], chunk_size)
+    chunk = chunk_rows(labels.shape[0], student_logits.shape[1], teacher_logits.shape[1], chunk_size,
+                       student_logits.device)
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, d, hard, _ = torch.ops.mtkernels.self_evolution_kd_from_logits(
         student_logits, teacher_logits.detach(), labels, None, None, num_items, mode, float(lam), float(beta),

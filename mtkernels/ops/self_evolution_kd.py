@@ -169,7 +169,7 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
     """Self-evolution KD loss (or a baseline, by ``mode``) from hidden states and lm_head weights.
 
     Never materialises tokens × vocabulary: logits are formed in row chunks (``chunk_size`` rows,
-    default from a 128 MiB budget), and the student's gradients are computed in the same pass.
+    default: a 60 MiB budget on CPU), and the student's gradients are computed in the same pass.
 
     Args:
         student_input: ``(N, H_s)`` final hidden states; student_weight ``(V_s, H_s)``; student_bias ``(V_s,)``.
@@ -198,7 +198,7 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
             num_items_in_batch=a.num_items)
         return (loss, stats) if return_stats else loss
     vocab_t = teacher_logits.shape[1] if teacher_logits is not None else teacher_weight.shape[0]
-    chunk = chunk_rows(labels.shape[0], student_weight.shape[0], vocab_t, chunk_size)
+    chunk = chunk_rows(labels.shape[0], student_weight.shape[0], vocab_t, chunk_size, student_input.device)
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (student_input, student_weight, student_bias))
     loss, d, hard, *_ = torch.ops.mtkernels.self_evolution_kd(
