@@ -18,9 +18,9 @@ from .. import backends
 from ..reference.self_evolution_kd import MODES, num_hard_rows
 
 Tensor = torch.Tensor
-# Bytes of one chunk's student + teacher float32 logits. CPU: with the gradients the loss must return,
-# the whole working set above the inputs stays under 64 MiB. CUDA: device memory is plentiful and
-# few-row chunks would leave the GEMMs launch-bound, so a chunk there holds about a thousand rows at V = 128k.
+# Bytes of one chunk's student + teacher float32 logits. CPU: the working set above the inputs and
+# the returned gradients stays under 64 MiB. CUDA: memory is plentiful and few-row chunks would
+# leave the GEMMs launch-bound, so a chunk there holds about a thousand rows at V = 128k.
 CHUNK_BYTES = {"cpu": 60 * 2**20, "cuda": 1024 * 2**20}
 CPU_VOCAB_BLOCK = 1024
 
@@ -76,23 +76,19 @@ class Linear:
         return out
 
     def new_grads(self):
-        # grad_weight / grad_bias (fp32) are written by the first chunk and accumulated by the rest;
-        # with no rows at all there is no first chunk, so they start at zero then.
         fp32 = dict(dtype=torch.float32, device=self.x.device)
-        new = torch.empty if self.x.shape[0] > 0 else torch.zeros
-        grad_bias = None if self.bias is None else new(self.bias.shape, **fp32)
-        return torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device), new(self.weight.shape, **fp32), \
-            grad_bias
+        grad_x = torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device)
+        # the first chunk overwrites grad_weight (see accumulate): only an empty batch needs zeros
+        grad_weight = (torch.empty if self.x.shape[0] > 0 else torch.zeros)(self.weight.shape, **fp32)
+        grad_bias = None if self.bias is None else torch.zeros(self.bias.shape, **fp32)
+        return grad_x, grad_weight, grad_bias
 
     def accumulate(self, grads, rows: slice, grad_logits: Tensor) -> None:
         grad_x, grad_weight, grad_bias = grads
-        first = rows.start == 0
         torch.mm(grad_logits.to(self.weight.dtype), self.weight, out=grad_x[rows])  # no temporary
-        # fp32 accumulation across chunks (beta = 0 ignores the uninitialised values, NaN included)
-        grad_weight.addmm_(grad_logits.T, self.x[rows].float(), beta=0 if first else 1)
+        # fp32 accumulation across chunks; beta = 0 on the first ignores the uninitialised values (NaN too)
+        grad_weight.addmm_(grad_logits.T, self.x[rows].float(), beta=0 if rows.start == 0 else 1)
         if grad_bias is not None:
-            if first:
-                grad_bias.zero_()
             grad_bias.add_(grad_logits.sum(0))
 
 
