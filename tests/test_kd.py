@@ -278,6 +278,24 @@ def test_backward_scales_by_incoming_gradient_and_refuses_a_second_backward(path
             loss.backward()
 
 
+@pytest.mark.parametrize("path", KD_BACKENDS)
+def test_from_logits_backward_scales_in_place_once(path):
+    case = make_case(seed=17)
+    device = device_for(path)
+    s = (case["student_input"] @ case["student_weight"].T).to(device)
+    t = (case["teacher_input"] @ case["teacher_weight"].T).to(device)
+    labels = case["labels"].to(device)
+    grads = []
+    for scale in (3.0, 1.0):
+        leaf = s.detach().requires_grad_()
+        loss = mtkernels.self_evolution_kd_loss_from_logits(leaf, t, labels, backend=path)
+        (loss * scale).backward(retain_graph=True)
+        grads.append(leaf.grad.cpu() / scale)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+
+
 def test_peak_memory_is_the_gradients_plus_one_chunk():
     from mtkernels.bench.measure import peak_memory_mb
 

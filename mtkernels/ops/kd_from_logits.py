@@ -14,7 +14,7 @@ from .. import backends
 from ..reference import self_evolution_kd as ref
 from . import kd_args
 from .kd_chunked import Logits, chunk_rows, fused_kd_pass
-from .self_evolution_kd import _finish, _params, _reduce, _row_scale
+from .self_evolution_kd import _finish, _loss_only_differentiable, _params, _reduce, _row_scale, _scaled_by
 
 Tensor = torch.Tensor
 
@@ -49,8 +49,7 @@ def _setup_context(ctx, inputs, output):
     student_logits, teacher_logits, labels, _grad_rows, _hard_rows, num_items, *options = inputs
     ctx.options = options
     _, d, hard, grad = output
-    ctx.mark_non_differentiable(d, hard, grad)  # else backward gets a zero-filled (N, V) for grad
-    ctx.set_materialize_grads(False)
+    _loss_only_differentiable(ctx, d, hard, grad)
     ctx.save_for_backward(grad, hard, student_logits, teacher_logits, labels, num_items)
 
 
@@ -60,8 +59,7 @@ def _backward(ctx, grad_loss, _grad_d, _grad_hard, _grad_grad):
     grad, hard, student_logits, teacher_logits, labels, num_items = ctx.saved_tensors
     *options, need_grad = ctx.options
     if options[7] != "none":
-        # in place, as in the linear form: no second (N, V) tensor; a second backward fails loudly
-        return (grad * grad_loss if torch.compiler.is_compiling() else grad.mul_(grad_loss),) + (None,) * 16
+        return _scaled_by((grad,), grad_loss) + (None,) * 16
     grad = _op(student_logits, teacher_logits, labels, grad_loss, hard, num_items, *options, True)[3]
     return (grad,) + (None,) * 16
 

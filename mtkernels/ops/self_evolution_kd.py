@@ -45,6 +45,22 @@ def _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits):
     return Linear(teacher_input, teacher_weight, teacher_bias)
 
 
+def _loss_only_differentiable(ctx, *other_outputs) -> None:
+    """Without this, autograd hands backward zero-filled gradients for the other outputs, and some
+    of them are weight- or logits-sized."""
+    ctx.mark_non_differentiable(*other_outputs)
+    ctx.set_materialize_grads(False)
+
+
+def _scaled_by(grads, grad_loss: Tensor):
+    """The forward's gradients times the incoming gradient, in place where autograd allows it: a
+    second weight-sized copy would double the peak. A second backward through the same graph then
+    fails autograd's saved-tensor version check instead of returning wrong gradients."""
+    if torch.compiler.is_compiling():
+        return tuple(g * grad_loss for g in grads)
+    return tuple(g.mul_(grad_loss) for g in grads)
+
+
 # --- torch ops ------------------------------------------------------------------------------------
 
 @torch.library.custom_op("mtkernels::self_evolution_kd", mutates_args=())
@@ -113,10 +129,7 @@ def _setup_context(ctx, inputs, output):
     ctx.options = options[:10]  # mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk, backend
     ctx.has_bias = student_bias is not None
     _, d, hard, grad_input, grad_weight, grad_bias = output
-    # Only the loss is differentiable; without this autograd would hand backward zero-filled
-    # gradients for the other outputs, one of them weight-sized.
-    ctx.mark_non_differentiable(d, hard, grad_input, grad_weight, grad_bias)
-    ctx.set_materialize_grads(False)
+    _loss_only_differentiable(ctx, d, hard, grad_input, grad_weight, grad_bias)
     if options[7] == "none":
         ctx.save_for_backward(hard, student_input, student_weight, student_bias, teacher_input, teacher_weight,
                               teacher_bias, teacher_logits, labels)
@@ -133,12 +146,8 @@ def _backward(ctx, grad_loss, _grad_d, _grad_hard, _gi, _gw, _gb):
         hard, *saved = ctx.saved_tensors
         grad_input, grad_weight, grad_bias = _kd_backward_op(grad_loss, hard, *saved, mode, lam, beta, gamma,
                                                              hard_fraction, temperature, ignore_index, chunk, backend)
-    elif torch.compiler.is_compiling():
-        grad_input, grad_weight, grad_bias = (g * grad_loss for g in ctx.saved_tensors)
     else:
-        # Scale the forward's gradients in place: a second weight-sized copy would double the peak.
-        # A second backward through the same graph then fails autograd's saved-tensor version check.
-        grad_input, grad_weight, grad_bias = (g.mul_(grad_loss) for g in ctx.saved_tensors)
+        grad_input, grad_weight, grad_bias = _scaled_by(ctx.saved_tensors, grad_loss)
     grad_weight = grad_weight.to(ctx.weight_dtype)
     grad_bias = grad_bias.to(ctx.weight_dtype) if ctx.has_bias else None
     return (grad_input, grad_weight, grad_bias) + (None,) * 17
