@@ -188,6 +188,17 @@ struct SelectStorage {
   int fill;
 };
 
+// This thread's keys get(base + j * kThreads + tid) of one batch, kSentinel past n. All loads are
+// issued before any key is used (the merge kernel reads its keys from L2).
+template <class GetKey>
+__device__ __forceinline__ void load_key_batch(GetKey get, int n, int base, uint64_t (&keys)[kSelectBatch]) {
+#pragma unroll
+  for (int j = 0; j < kSelectBatch; ++j) {
+    const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
+    keys[j] = i < n ? get(i) : kSentinel;
+  }
+}
+
 // The r-th smallest key among get(0..n-1) as a threshold T such that exactly r keys are <= T
 // (1 <= r < n; keys distinct, or duplicates only above the r-th). MSB-first 8-bit digits: each pass
 // histograms the keys that share the prefix found so far and picks the digit holding the r-th key;
@@ -203,12 +214,8 @@ __device__ uint64_t select_threshold(GetKey get, int n, int r, SelectStorage& sm
     sm.hist[threadIdx.x] = 0;
     __syncthreads();
     for (int base = 0; base < n; base += kThreads * kSelectBatch) {  // uniform trip count: warp collectives are safe
-      uint64_t keys[kSelectBatch];  // all loads first: the merge kernel reads its keys from L2
-#pragma unroll
-      for (int j = 0; j < kSelectBatch; ++j) {
-        const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
-        keys[j] = i < n ? get(i) : kSentinel;
-      }
+      uint64_t keys[kSelectBatch];
+      load_key_batch(get, n, base, keys);
 #pragma unroll
       for (int j = 0; j < kSelectBatch; ++j) {
         const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
@@ -253,11 +260,7 @@ __device__ void compact_selected(GetKey get, int n, uint64_t threshold, SelectSt
   __syncthreads();
   for (int base = 0; base < n; base += kThreads * kSelectBatch) {  // uniform trip count for the ballot
     uint64_t keys[kSelectBatch];
-#pragma unroll
-    for (int j = 0; j < kSelectBatch; ++j) {
-      const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
-      keys[j] = i < n ? get(i) : kSentinel;
-    }
+    load_key_batch(get, n, base, keys);
 #pragma unroll
     for (int j = 0; j < kSelectBatch; ++j) {
       const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
