@@ -1,5 +1,6 @@
 // Small vector-math helpers for the CPU kernels: a fast exp (8 lanes with AVX2, plus a scalar twin
-// for loop tails and machines without AVX2), murmur3's fmix32, and fp16/bf16 -> fp32 loads.
+// for loop tails and machines without AVX2), an 8-lane murmur3 fmix32 (the scalar one is
+// common/fmix32.h), and fp16/bf16 -> fp32 loads.
 //
 // exp is the Cephes single-precision scheme: n = round(x / ln 2), r = x - n ln 2 (Cody-Waite,
 // two constants), exp(r) by a degree-5 polynomial on |r| <= ln2 / 2, then scaled by 2^n built in
@@ -9,6 +10,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "common/fmix32.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -51,15 +54,6 @@ inline float exp_scalar(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return y * scale;
-}
-
-inline uint32_t fmix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x85EBCA6Bu;
-  x ^= x >> 13;
-  x *= 0xC2B2AE35u;
-  x ^= x >> 16;
-  return x;
 }
 
 inline float bf16_bits_to_float(uint16_t h) {

@@ -6,6 +6,8 @@
 // streams the inputs; per-split partials go to a small workspace and a per-row kernel merges them.
 #include "cuda/collab.cuh"
 
+#include "common/fmix32.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -457,15 +459,7 @@ __global__ void mass_merge_kernel(int64_t count, int num_thresholds, int splits,
   mass[i] = total;
 }
 
-// murmur3 fmix32 and the Gumbel noise of mtkernels/gumbel.py, in uint32 / float32 arithmetic.
-__device__ __forceinline__ uint32_t fmix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x85ebca6bu;
-  x ^= x >> 13;
-  x *= 0xc2b2ae35u;
-  x ^= x >> 16;
-  return x;
-}
+// The Gumbel noise of mtkernels/gumbel.py (fmix32: common/fmix32.h), in uint32 / float32 arithmetic.
 
 __device__ __forceinline__ float gumbel(uint32_t key, uint32_t mixed_key, uint32_t col) {
   const uint32_t x = fmix32(fmix32(col ^ mixed_key) + key);
