@@ -126,6 +126,22 @@ __device__ __forceinline__ void load_scaled(const float* srow, const float* trow
   }
 }
 
+// Calls body(j, s_j, t_j) (logits divided by T, 0 past vocab) for this thread's columns j < limit;
+// each round loads kIlp columns of both rows before any is used.
+template <class Body>
+__device__ __forceinline__ void for_each_column(const float* srow, const float* trow, int limit, int vocab,
+                                                float inv_t, Body body) {
+  for (int base = threadIdx.x; base < limit; base += kTile) {
+    float s[kIlp], t[kIlp];
+    load_scaled(srow, trow, base, vocab, inv_t, 0.f, s, t);
+#pragma unroll
+    for (int e = 0; e < kIlp; ++e) {
+      const int j = base + e * kThreads;
+      if (j < limit) body(j, s[e], t[e]);
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) kd_rows_kernel(const KdRowsArgs a, const Derived c) {
   __shared__ union {
     typename cub::BlockReduce<Stats, kThreads>::TempStorage stats;
@@ -239,21 +255,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) kd_rows_kernel(cons
   // ---- sweep 2 (hard rows): sum_j y_j log r_j and R = sum_j r_j q_j over the columns with y_j > 0.
   if (kind == kGradHard) {
     float2 part = make_float2(0.f, 0.f);
-    for (int base = tid; base < vocab; base += kTile) {
-      float s[kIlp], t[kIlp];
-      load_scaled(srow, trow, base, vocab, c.inv_t, 0.f, s, t);
-#pragma unroll
-      for (int e = 0; e < kIlp; ++e) {
-        const int j = base + e * kThreads;
-        if (j < vocab && (j == g || !lam_zero)) {
-          const float lq = log_prob(s[e], ms, log_ss);
-          const float ly = j == g ? log_yg : c.log_lam + log_prob(t[e], mt, log_st);
-          const float lr = log_ratio(lq, ly, c);
-          part.x += expf(ly) * lr;
-          part.y += expf(lq + lr);  // r_j q_j <= y_j / beta: no overflow even where q_j underflows
-        }
-      }
-    }
+    for_each_column(srow, trow, vocab, vocab, c.inv_t, [&](int j, float s, float t) {
+      if (j != g && lam_zero) return;
+      const float lq = log_prob(s, ms, log_ss);
+      const float ly = j == g ? log_yg : c.log_lam + log_prob(t, mt, log_st);
+      const float lr = log_ratio(lq, ly, c);
+      part.x += expf(ly) * lr;
+      part.y += expf(lq + lr);  // r_j q_j <= y_j / beta: no overflow even where q_j underflows
+    });
     part = cub::BlockReduce<float2, kThreads>(tmp.pair).Reduce(part, Sum2());
     if (tid == 0) {
       a.loss[row] = part.x;
@@ -268,32 +277,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) kd_rows_kernel(cons
   const float scale = a.grad_scale[row] * c.inv_t;  // d s / d logits = 1 / T
   const float r_sum = info.r_sum;
   const float lam = a.lam, beta = a.beta, kl_qp = info.kl_qp;
-  for (int base = tid; base < cols; base += kTile) {
-    float s[kIlp], t[kIlp];
-    load_scaled(srow, trow, base, vocab, c.inv_t, 0.f, s, t);
-#pragma unroll
-    for (int e = 0; e < kIlp; ++e) {
-      const int j = base + e * kThreads;
-      if (j >= cols) continue;
-      float grad = 0.f;  // columns past the shared vocabulary do not enter the loss
-      if (j < vocab) {
-        const float lq = log_prob(s[e], ms, log_ss), lp = log_prob(t[e], mt, log_st);
-        const float q = expf(lq);
-        const float onehot = j == g ? 1.f : 0.f;
-        if (kind == kGradEasy) {
-          grad = q - (lam * expf(lp) + (1.f - lam) * onehot);
-        } else if (kind == kGradHard) {
-          // beta (q_k R - q_k r_k), with q_k r_k = exp(log q_k + log r_k) (0 where y_k = 0)
-          float qr = 0.f;
-          if (j == g || !lam_zero) qr = expf(lq + log_ratio(lq, j == g ? log_yg : c.log_lam + lp, c));
-          grad = beta * (q * r_sum - qr);
-        } else {
-          grad = (1.f - lam) * (q - onehot) + lam * q * (lq - lp - kl_qp);
-        }
+  for_each_column(srow, trow, cols, vocab, c.inv_t, [&](int j, float s, float t) {
+    float grad = 0.f;  // columns past the shared vocabulary do not enter the loss
+    if (j < vocab) {
+      const float lq = log_prob(s, ms, log_ss), lp = log_prob(t, mt, log_st);
+      const float q = expf(lq);
+      const float onehot = j == g ? 1.f : 0.f;
+      if (kind == kGradEasy) {
+        grad = q - (lam * expf(lp) + (1.f - lam) * onehot);
+      } else if (kind == kGradHard) {
+        // beta (q_k R - q_k r_k), with q_k r_k = exp(log q_k + log r_k) (0 where y_k = 0)
+        float qr = 0.f;
+        if (j == g || !lam_zero) qr = expf(lq + log_ratio(lq, j == g ? log_yg : c.log_lam + lp, c));
+        grad = beta * (q * r_sum - qr);
+      } else {
+        grad = (1.f - lam) * (q - onehot) + lam * q * (lq - lp - kl_qp);
       }
-      srow[j] = grad * scale;
     }
-  }
+    srow[j] = grad * scale;
+  });
 }
 
 }  // namespace
