@@ -119,33 +119,26 @@ struct Stats {
   float ms = -kInf, mt = -kInf;
   double ss = 0, st = 0, pt = 0, ps = 0, qs = 0, qt = 0;
 
-  // A new student max m > ms: rescale every sum that depends on ms.
-  void raise_student_max(float m) {
-    if (!(m > ms)) return;
-    if (ms == -kInf) {  // first block: nothing accumulated yet
-      ms = m;
-      return;
-    }
-    const double delta = static_cast<double>(ms) - m, f = std::exp(delta);
-    qs = f * (qs + delta * ss);
-    ss *= f;
-    qt *= f;
-    ps += delta * st;
-    ms = m;
-  }
+  void raise_student_max(float m) { raise_max(m, ms, ss, qs, qt, ps, st); }
+  void raise_teacher_max(float m) { raise_max(m, mt, st, pt, ps, qt, ss); }
 
-  void raise_teacher_max(float m) {
-    if (!(m > mt)) return;
-    if (mt == -kInf) {
-      mt = m;
+ private:
+  // A new max m > mx of one side (x: student or teacher, w: the other): rescale every sum that
+  // depends on mx. sx = sum e^(x-mx); self = sum e^(x-mx) (x-mx); own_cross = sum e^(x-mx) (w-mw);
+  // other_cross = sum e^(w-mw) (x-mx); sw = sum e^(w-mw).
+  static void raise_max(float m, float& mx, double& sx, double& self, double& own_cross, double& other_cross,
+                        double sw) {
+    if (!(m > mx)) return;
+    if (mx == -kInf) {  // first block: nothing accumulated yet
+      mx = m;
       return;
     }
-    const double delta = static_cast<double>(mt) - m, f = std::exp(delta);
-    pt = f * (pt + delta * st);
-    st *= f;
-    ps *= f;
-    qt += delta * ss;
-    mt = m;
+    const double delta = static_cast<double>(mx) - m, f = std::exp(delta);
+    self = f * (self + delta * sx);
+    sx *= f;
+    own_cross *= f;
+    other_cross += delta * sw;
+    mx = m;
   }
 };
 
