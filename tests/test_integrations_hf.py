@@ -7,6 +7,7 @@ and reloaded with ``save_pretrained`` / ``from_pretrained``, on a synthetic tran
 
 import functools
 import os
+import warnings
 
 import pytest
 import torch
@@ -24,6 +25,9 @@ VOCAB_S, VOCAB_T = 300, 320  # the teacher's extra ids are outside the shared pr
 PAD, SEP, FIRST, TOKENS = 0, 1, 3, 40  # words are ids FIRST..TOKENS-1
 MAX_SRC = 8
 SEQ = 2 * MAX_SRC + 1
+
+# The teacher's larger vocabulary is deliberate here; the warning about it is tested on its own.
+pytestmark = pytest.mark.filterwarnings("ignore:student vocabulary")
 
 
 def _config(vocab, hidden):
@@ -107,6 +111,41 @@ def test_final_hidden_states_give_the_logits(model_dirs):
     torch.testing.assert_close(hidden @ model.lm_head.weight.T, model(**inputs).logits)
 
 
+def test_final_hidden_states_go_through_the_wrapper(model_dirs):
+    """``PeftModel.forward(*args, **kwargs)`` lists no ``logits_to_keep``: it is still the module called (as DDP
+    or a compiled module must be), with no logits computed."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_load(model_dirs["student"]), peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(module))
+    batch = _batch(_dataset(3))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    hidden, outputs = final_hidden_states(model, inputs)
+    assert calls == [model]
+    assert outputs.logits.shape == (3, 0, VOCAB_S)
+    torch.testing.assert_close(hidden @ model.get_output_embeddings().weight.T, model(**inputs).logits)
+
+
+class _LlamaWithoutLogitsToKeep(LlamaForCausalLM):
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_final_hidden_states_without_logits_to_keep_still_call_the_wrapper(model_dirs):
+    """A causal LM that takes no ``logits_to_keep``: the wrapper is still called (full logits, with a warning)."""
+    peft = pytest.importorskip("peft")
+    model = _LlamaWithoutLogitsToKeep.from_pretrained(model_dirs["student"], dtype=torch.float32)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(module))
+    batch = _batch(_dataset(3))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with pytest.warns(UserWarning, match="logits_to_keep"):
+        hidden, outputs = final_hidden_states(model, inputs)
+    assert calls == [model]
+    torch.testing.assert_close(hidden @ model.get_output_embeddings().weight.T, outputs.logits)
+
+
 def test_trainer_loss_decreases(model_dirs, tmp_path):
     """From random initialisation every token has d ≈ 2 > Γ = 0.4 (all hard: the bounded skew loss learns
     slowly), so Γ = 2.2 here, which starts with some hard tokens and sheds them as the student learns."""
@@ -160,6 +199,114 @@ def test_compute_loss_and_gradients_match_reference(model_dirs, tmp_path, mode):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     for name, p in student.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _lora_student(path, dropout=0.0):
+    """The student with LoRA adapters on attention and on lm_head; B starts random (``init_lora_weights=False``)
+    so that the adapters change the logits from the start."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(5)
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, init_lora_weights=False,
+                             target_modules=["q_proj", "v_proj", "lm_head"])
+    return peft.get_peft_model(_load(path), config)
+
+
+def test_lora_on_lm_head_matches_model_logits(model_dirs, tmp_path):
+    """The loss applies the lm_head adapter (``W + scaling · B · A``), as the model's own logits do, and A and B
+    get the reference gradients."""
+    student, teacher = _lora_student(model_dirs["student"]), _load(model_dirs["teacher"])
+    trainer = SelfEvolutionKDTrainer(model=student, teacher_model=teacher, args=_args(tmp_path), kd_gamma=2.2)
+    batch = _batch(_dataset(8, seed=7))
+    loss = trainer.compute_loss(student, batch)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in student.named_parameters() if p.requires_grad}
+    student.zero_grad()
+    expected = _hand_loss(student, teacher, batch, gamma=2.2)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    head_grads = [name for name in grads if "lm_head.lora_" in name]
+    assert len(head_grads) == 2  # A and B
+    for name, p in student.named_parameters():
+        if p.requires_grad:
+            assert grads[name].abs().sum() > 0, name
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lora_dropout_on_lm_head_is_rejected_in_training(model_dirs, tmp_path):
+    """Dropout on the lm_head input cannot be folded into one weight: an error in training, nothing in eval."""
+    student, teacher = _lora_student(model_dirs["student"], dropout=0.1), _load(model_dirs["teacher"])
+    trainer = SelfEvolutionKDTrainer(model=student, teacher_model=teacher, args=_args(tmp_path))
+    batch = _batch(_dataset(4, seed=8))
+    with pytest.raises(ValueError, match="lora_dropout=0.1"):
+        trainer.compute_loss(student.train(), batch)
+    with torch.no_grad():
+        loss = trainer.compute_loss(student.eval(), batch)
+        expected = _hand_loss(student, teacher, batch)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_runs_the_compiled_module(model_dirs, tmp_path):
+    """``torch_compile=True``: the student's forward runs through the compiled module (dynamo frames are
+    compiled; the ``eager`` backend keeps this fast)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    args = _args(tmp_path, max_steps=2, logging_steps=1, torch_compile=True, torch_compile_backend="eager")
+    trainer = SelfEvolutionKDTrainer(model=_load(model_dirs["student"]), teacher_model=_load(model_dirs["teacher"]),
+                                     args=args, train_dataset=_dataset(16))
+    trainer.train()
+    assert counters["frames"]["ok"] > 0
+    assert len(_logged(trainer, "loss")) == 2
+    torch._dynamo.reset()
+
+
+def test_evaluation_without_prediction_loss_only_warns_once(model_dirs, tmp_path):
+    """With ``compute_metrics`` the Trainer asks for predictions, which are empty: a warning, once."""
+    student, teacher = _load(model_dirs["student"]), _load(model_dirs["teacher"])
+    predicted_positions = lambda prediction: {"positions": prediction.predictions.shape[1]}  # noqa: E731
+    trainer = SelfEvolutionKDTrainer(model=student, teacher_model=teacher, args=_args(tmp_path),
+                                     eval_dataset=_dataset(16), compute_metrics=predicted_positions)
+    with pytest.warns(UserWarning, match="prediction_loss_only=True") as caught:
+        assert trainer.evaluate()["eval_positions"] == 0
+        trainer.evaluate()
+    assert sum("prediction_loss_only" in str(w.message) for w in caught) == 1
+    quiet = SelfEvolutionKDTrainer(model=student, teacher_model=teacher, eval_dataset=_dataset(16),
+                                   compute_metrics=predicted_positions,
+                                   args=_args(tmp_path, prediction_loss_only=True))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*prediction_loss_only")
+        assert "eval_loss" in quiet.evaluate()
+
+
+def test_vocabulary_mismatch_warns(model_dirs, tmp_path):
+    with pytest.warns(UserWarning, match=r"student vocabulary \(300\) and teacher vocabulary \(320\)"):
+        SelfEvolutionKDTrainer(model=_load(model_dirs["student"]), teacher_model=_load(model_dirs["teacher"]),
+                               args=_args(tmp_path))
+
+
+def test_label_smoothing_is_rejected(model_dirs, tmp_path):
+    with pytest.raises(ValueError, match="label_smoothing_factor"):
+        SelfEvolutionKDTrainer(model=_load(model_dirs["student"]), teacher_model=_load(model_dirs["teacher"]),
+                               args=_args(tmp_path, label_smoothing_factor=0.1))
+
+
+def test_loss_module_takes_liger_true_labels():
+    """``SelfEvolutionKDLoss`` accepts Liger's ``true_labels=`` keyword as well as ``labels=``."""
+    gen = torch.Generator().manual_seed(4)
+    student_input, teacher_input = torch.randn(6, 8, generator=gen), torch.randn(6, 16, generator=gen)
+    student_weight, teacher_weight = torch.randn(30, 8, generator=gen), torch.randn(30, 16, generator=gen)
+    labels = torch.randint(0, 30, (6,), generator=gen)
+    loss_fn = mtkernels.nn.SelfEvolutionKDLoss(mode="skew", backend="reference")
+    positional = loss_fn(student_input, student_weight, teacher_input, teacher_weight, labels)
+    for name in ("true_labels", "labels"):
+        torch.testing.assert_close(loss_fn(student_input=student_input, student_weight=student_weight,
+                                           teacher_input=teacher_input, teacher_weight=teacher_weight,
+                                           **{name: labels}), positional)
+    with pytest.raises(TypeError, match="true_labels"):
+        loss_fn(student_input, student_weight, teacher_input, teacher_weight, labels, labels=labels)
+    with pytest.raises(TypeError, match="true_labels"):
+        loss_fn(student_input, student_weight, teacher_input, teacher_weight)
 
 
 class _CountingTrainer(Trainer):

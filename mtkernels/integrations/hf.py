@@ -13,9 +13,12 @@ Requires ``transformers`` (and ``accelerate``, which its Trainer needs).
 from __future__ import annotations
 
 import inspect
+import sys
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import AutoModelForCausalLM, Trainer
 
 from ..ops import kd_args
@@ -25,10 +28,35 @@ from ..ops.self_evolution_kd import KDStats, self_evolution_kd_loss
 Tensor = torch.Tensor
 IGNORE_INDEX = -100
 
-__all__ = ["SelfEvolutionKDMixin", "SelfEvolutionKDTrainer", "final_hidden_states", "trl_generalized_jsd_loss"]
+__all__ = ["SelfEvolutionKDMixin", "SelfEvolutionKDTrainer", "final_hidden_states", "output_head",
+           "trl_generalized_jsd_loss"]
 
 
-# --- running a causal LM to its final hidden states --------------------------------------------------
+# --- unwrapping: DDP, torch.compile, PEFT ---------------------------------------------------------
+
+def _peft():
+    """The ``peft`` module if it has been imported, else ``None``: a model can only hold PEFT layers once it
+    is, so this never imports it."""
+    return sys.modules.get("peft")
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``*ForCausalLM`` under the wrappers the Trainer may hand over: DDP / DataParallel / DeepSpeed,
+    ``torch.compile`` and PEFT (``PeftModel`` and its tuner model)."""
+    peft = _peft()
+    while True:
+        unwrapped = extract_model_from_parallel(model, keep_torch_compile=False)
+        if peft is not None and isinstance(unwrapped, (peft.PeftModel, peft.PeftMixedModel)):
+            if isinstance(unwrapped, peft.PeftModel) and unwrapped.active_peft_config.is_prompt_learning:
+                # Virtual tokens change the sequence length: hidden states no longer line up with the labels.
+                raise NotImplementedError("PEFT prompt learning (prompt / prefix / p-tuning) is not supported")
+            unwrapped = unwrapped.base_model
+        if peft is not None and isinstance(unwrapped, peft.tuners.tuners_utils.BaseTuner):
+            unwrapped = unwrapped.model
+        if unwrapped is model:
+            return model
+        model = unwrapped
+
 
 def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     """The base (decoder) model under a ``*ForCausalLM``: ``get_decoder()``, else ``.model`` / ``.base_model``."""
@@ -41,45 +69,125 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return decoder
 
 
+# --- running a causal LM to its final hidden states --------------------------------------------------
+
+def _call_catching_hidden(call: torch.nn.Module, decoder: torch.nn.Module, inputs: Dict[str, Any]
+                          ) -> Tuple[Tensor, Any]:
+    """``call(**inputs)``, with the output of ``decoder`` (somewhere inside it) caught by a forward hook."""
+    caught = []
+    handle = decoder.register_forward_hook(lambda _module, _args, out: caught.append(out[0]))
+    try:
+        outputs = call(**inputs)
+    finally:
+        handle.remove()
+    if not caught:
+        raise RuntimeError(f"{type(call).__name__} did not run its base model {type(decoder).__name__}")
+    return caught[-1], outputs
+
+
 def final_hidden_states(model: torch.nn.Module, inputs: Dict[str, Any],
                         wrapped: Optional[torch.nn.Module] = None) -> Tuple[Tensor, Any]:
     """Run a causal LM to its final (normalised) hidden states without computing its logits.
 
     Args:
-        model: the unwrapped ``*ForCausalLM`` model (owner of ``lm_head`` and the base model).
+        model: a ``*ForCausalLM`` model, possibly wrapped (DDP, accelerate, ``torch.compile``, PEFT).
         inputs: its keyword inputs (``input_ids (B, T)``, ``attention_mask (B, T)``, ...) without labels.
-        wrapped: the module to call when ``model`` is wrapped (DDP, accelerate); defaults to ``model``.
+        wrapped: the module to call, if not ``model`` itself.
 
     Returns:
-        ``(hidden (B, T, H), outputs)``. When the model's ``forward`` takes ``logits_to_keep``, it is called
-        (through ``wrapped``, so wrappers see the forward) with no positions to keep and the base model's
-        output is caught by a forward hook; ``outputs.logits`` is then ``(B, 0, V)``. Otherwise the base model
-        is called directly and ``outputs`` is its output.
+        ``(hidden (B, T, H), outputs)``. The forward always goes through the module called (so DDP
+        synchronises gradients, PEFT applies its adapters and a compiled module runs compiled); the base
+        model's output is caught by a forward hook. When the innermost ``*ForCausalLM`` takes
+        ``logits_to_keep``, no position is kept and ``outputs.logits`` is ``(B, 0, V)``; otherwise the full
+        logits are computed (and a warning says so), unless nothing wraps the model, whose base model is then
+        called directly and ``outputs`` is its output.
     """
-    decoder = _decoder(model)
+    call = model if wrapped is None else wrapped
+    causal_lm = _causal_lm(call)
+    decoder = _decoder(causal_lm)
     inputs = {**inputs, "use_cache": False}
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    if "logits_to_keep" in inspect.signature(causal_lm.forward).parameters:
+        keep_none = torch.empty(0, dtype=torch.long, device=next(causal_lm.parameters()).device)
+        return _call_catching_hidden(call, decoder, {**inputs, "logits_to_keep": keep_none})
+    if call is causal_lm:
         outputs = decoder(**inputs)
         return outputs[0], outputs
-    caught = []
-    handle = decoder.register_forward_hook(lambda _module, _args, out: caught.append(out[0]))
-    try:
-        device = next(model.parameters()).device
-        outputs = (wrapped or model)(**inputs, logits_to_keep=torch.empty(0, dtype=torch.long, device=device))
-    finally:
-        handle.remove()
-    return caught[-1], outputs
+    warnings.warn(f"{type(causal_lm).__name__}.forward takes no `logits_to_keep`: the wrapped forward computes "
+                  "its full (B, T, V) logits, which the KD loss does not use", stacklevel=2)
+    return _call_catching_hidden(call, decoder, inputs)
 
 
-def _lm_head(model: torch.nn.Module) -> Tuple[Tensor, Optional[Tensor]]:
-    """``(weight (V, H), bias (V,) or None)`` of the model's output embeddings."""
-    head = model.get_output_embeddings()
+# --- the output head (lm_head) as the forward applies it ---------------------------------------------
+
+def _lora_output_head(head: torch.nn.Module) -> Tuple[Tensor, Optional[Tensor]]:
+    """Effective ``(weight (V, H), bias (V,) or None)`` of a PEFT LoRA ``Linear``: the base layer's plus
+    ``scaling · B · A`` (and ``scaling · b_B``) of each active adapter, differentiable in A and B. Computed in
+    the base weight's dtype, as PEFT's ``merge`` does."""
+    base = head.get_base_layer()
+    weight, bias = base.weight, getattr(base, "bias", None)
+    if head.disable_adapters or head.merged:  # merged adapters are already part of the base weight
+        return weight, bias
+    for adapter in head.active_adapters:
+        if adapter not in head.lora_A:
+            continue
+        if adapter in getattr(head, "lora_variant", {}):
+            raise NotImplementedError(f"lm_head adapter {adapter!r}: LoRA variants (DoRA, ...) on lm_head are not "
+                                      "supported; use plain LoRA or leave lm_head out of target_modules")
+        dropout = head.lora_dropout[adapter]
+        if dropout.training and getattr(dropout, "p", 0.0) > 0:
+            # Dropout acts on the lm_head input, row by row: it cannot be folded into one effective weight.
+            raise ValueError(f"lm_head adapter {adapter!r}: lora_dropout={dropout.p} on lm_head cannot be fused "
+                             "into the KD loss; use lora_dropout=0 or leave lm_head out of target_modules")
+        weight = weight + head.get_delta_weight(adapter).to(weight.dtype)
+        lora_bias = head.lora_B[adapter].bias
+        if lora_bias is not None:
+            scaled = (lora_bias * head.scaling[adapter]).to(weight.dtype)
+            bias = scaled if bias is None else bias + scaled
+    return weight, bias
+
+
+def _output_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    """The lm_head module of a (possibly wrapped) causal LM."""
+    causal_lm = _causal_lm(model)
+    head = causal_lm.get_output_embeddings()
     if head is None:
-        raise TypeError(f"{type(model).__name__} has no output embeddings (lm_head)")
+        raise TypeError(f"{type(causal_lm).__name__} has no output embeddings (lm_head)")
+    return head
+
+
+def output_head(model: torch.nn.Module) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(weight (V, H), bias (V,) or None)`` of a causal LM's lm_head as its forward applies it.
+
+    ``model`` may be wrapped (DDP, accelerate, ``torch.compile``, PEFT). A PEFT LoRA lm_head gives its
+    effective weight ``W + Σ scaling · B · A`` over the active adapters (a new tensor, so gradients reach A and
+    B through autograd; LoRA dropout on lm_head raises in training mode, since it cannot be fused); a
+    ``modules_to_save`` copy gives the copy's weight. Other PEFT layers on lm_head raise
+    ``NotImplementedError``.
+    """
+    head = _output_embeddings(model)
+    peft = _peft()
+    if peft is not None:
+        if isinstance(head, peft.tuners.lora.Linear):
+            return _lora_output_head(head)
+        modules_to_save = peft.utils.other.ModulesToSaveWrapper
+        wrappers = (peft.tuners.tuners_utils.BaseTunerLayer,
+                    getattr(peft.utils.other, "AuxiliaryTrainingWrapper", modules_to_save))  # older PEFT: none
+        # A modules_to_save wrapper forwards `.weight` to the copy being trained; others would give the base.
+        if isinstance(head, wrappers) and not isinstance(head, modules_to_save):
+            raise NotImplementedError(f"lm_head is a PEFT {type(head).__name__}: only LoRA and modules_to_save "
+                                      "are supported on lm_head")
     return head.weight, getattr(head, "bias", None)
 
 
 # --- Trainer -------------------------------------------------------------------------------------
+
+def _warn_if_vocabularies_differ(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    vocab_s, vocab_t = (_output_embeddings(m).weight.shape[0] for m in (student, teacher))
+    if vocab_s != vocab_t:
+        warnings.warn(f"student vocabulary ({vocab_s}) and teacher vocabulary ({vocab_t}) differ in size: the KD "
+                      f"loss uses their shared prefix, the first {min(vocab_s, vocab_t)} token ids, which must mean "
+                      "the same tokens in both", stacklevel=3)
+
 
 class SelfEvolutionKDMixin:
     """Adds self-evolution knowledge distillation to a ``transformers.Trainer`` subclass.
@@ -98,9 +206,25 @@ class SelfEvolutionKDMixin:
     a mean over the valid tokens of the whole accumulated (and, with ``average_tokens_across_devices``,
     all-process) batch, exactly like the Trainer's own causal-LM loss. The hard-token share and mean
     difficulty since the last log are added to each training log as ``kd_hard_fraction`` and
-    ``kd_mean_difficulty``. Evaluation computes the KD loss only (use ``prediction_loss_only=True``):
-    no logits are computed. Not supported: ``DataParallel`` (several GPUs in one process; use DDP) and
-    FSDP / DeepSpeed ZeRO-3, whose lm_head weights are sharded outside the forward.
+    ``kd_mean_difficulty``.
+
+    ``kd_mode="self_evolution_topk"`` picks its ``kd_hard_fraction`` hardest tokens within each call of the
+    loss, that is per micro-batch and per process: which tokens are hard (and so the loss) depends on
+    ``per_device_train_batch_size``, ``gradient_accumulation_steps`` and the number of processes, unlike the
+    threshold modes (``self_evolution``), whose hard tokens are fixed token by token.
+
+    If the student's and the teacher's vocabularies differ in size, the loss runs on their shared prefix
+    (the first ``min(V_s, V_t)`` ids) and a warning names both sizes. ``label_smoothing_factor`` is
+    rejected (the KD loss has no label smoothing).
+
+    Evaluation computes the KD loss only: no logits are computed, so use ``prediction_loss_only=True``.
+    Where the Trainer asks for predictions anyway (``compute_metrics`` given, ``predict()``), a warning says
+    that they are empty ``(B, 0, V)`` logits.
+
+    The student's forward goes through the module the Trainer prepared (DDP, ``torch.compile``, PEFT), and its
+    lm_head is applied as that forward would apply it, LoRA adapters included (see :func:`output_head`).
+    Not supported: ``DataParallel`` (several GPUs in one process; use DDP) and FSDP / DeepSpeed ZeRO-3, whose
+    lm_head weights are sharded outside the forward.
     """
 
     def __init__(self, *args, teacher_model=None, kd_mode: str = "self_evolution", kd_lambda: float = 0.5,
@@ -114,9 +238,14 @@ class SelfEvolutionKDMixin:
         super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError("SelfEvolutionKDMixin does not support DataParallel (n_gpu > 1); launch with torchrun")
+        if self.args.label_smoothing_factor != 0:
+            raise ValueError(f"SelfEvolutionKDMixin: label_smoothing_factor={self.args.label_smoothing_factor} is "
+                             "not supported (the KD loss has no label smoothing); set it to 0")
         if isinstance(teacher_model, str):
             teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model)
         self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
+        _warn_if_vocabularies_differ(self.model, self.teacher_model)
+        self._warned_empty_predictions = False
         self.kd_options = dict(mode=kd_mode, lam=kd_lambda, beta=kd_beta, gamma=kd_gamma,
                                hard_fraction=kd_hard_fraction, temperature=kd_temperature, chunk_size=kd_chunk_size,
                                backend=kd_backend)
@@ -144,15 +273,15 @@ class SelfEvolutionKDMixin:
         labels, shift_labels = inputs.pop("labels", None), inputs.pop("shift_labels", None)
         if labels is None and shift_labels is None:
             raise ValueError("SelfEvolutionKDMixin: batches need `labels` (B, T) for the KD loss")
-        student = self.accelerator.unwrap_model(model)
-        hidden_s, outputs = final_hidden_states(student, inputs, wrapped=model)
+        # `model` is what the Trainer prepared (DDP, compiled, PEFT): calling it keeps their forward semantics.
+        hidden_s, outputs = final_hidden_states(model, inputs)
         hidden_t = self._teacher_hidden(inputs, hidden_s.device)
         if shift_labels is None:  # position t predicts token t + 1
             targets, hidden_s, hidden_t = labels[..., 1:], hidden_s[..., :-1, :], hidden_t[..., :-1, :]
         else:
             targets = shift_labels
-        weight_s, bias_s = _lm_head(student)
-        weight_t, bias_t = _lm_head(self.teacher_model)
+        weight_s, bias_s = output_head(model)
+        weight_t, bias_t = output_head(self.teacher_model)
         loss, stats = self_evolution_kd_loss(
             hidden_s.reshape(-1, hidden_s.shape[-1]), weight_s, hidden_t.reshape(-1, hidden_t.shape[-1]),
             weight_t.to(hidden_s.device), targets.reshape(-1).to(hidden_s.device), student_bias=bias_s,
@@ -165,6 +294,15 @@ class SelfEvolutionKDMixin:
             # as Trainer.compute_loss does.
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """The Trainer's evaluation step, warning (once) when it is asked for predictions, which are empty."""
+        if not prediction_loss_only and not self._warned_empty_predictions:
+            warnings.warn("SelfEvolutionKDMixin computes no logits: evaluation predictions (what compute_metrics "
+                          "and predict() get) are empty (B, 0, V) logits; set TrainingArguments("
+                          "prediction_loss_only=True) to evaluate the KD loss only", stacklevel=2)
+            self._warned_empty_predictions = True
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _record_stats(self, stats: KDStats) -> None:
         """Accumulate the hard-token statistics on device (no host sync until the next log)."""

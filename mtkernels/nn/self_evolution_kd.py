@@ -1,5 +1,5 @@
 """``SelfEvolutionKDLoss``: the fused loss as a module, argument order of Liger-Kernel's fused
-linear distillation losses (student input, student weight, teacher input, teacher weight, labels)."""
+linear distillation losses (student input, student weight, teacher input, teacher weight, true labels)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ class SelfEvolutionKDLoss(torch.nn.Module):
     """Self-evolution KD (or a baseline, by ``mode``) from hidden states and lm_head weights.
 
     ``forward(student_input (N, H_s), student_weight (V_s, H_s), teacher_input (N, H_t),
-    teacher_weight (V_t, H_t), labels (N,), student_bias=None, teacher_bias=None,
-    num_items_in_batch=None)`` returns the loss; see :func:`mtkernels.self_evolution_kd_loss`.
+    teacher_weight (V_t, H_t), true_labels (N,), student_bias=None, teacher_bias=None,
+    num_items_in_batch=None)`` returns the loss; see :func:`mtkernels.self_evolution_kd_loss`. The labels
+    may also be passed as ``labels=`` (``true_labels`` is Liger-Kernel's name).
     """
 
     def __init__(self, mode: str = "self_evolution", lam: float = 0.5, beta: float = 0.5, gamma: float = 0.4,
@@ -26,11 +27,15 @@ class SelfEvolutionKDLoss(torch.nn.Module):
                             temperature=temperature, ignore_index=ignore_index, reduction=reduction,
                             chunk_size=chunk_size, backend=backend)
 
-    def forward(self, student_input, student_weight, teacher_input, teacher_weight, labels, student_bias=None,
-                teacher_bias=None, num_items_in_batch=None):
-        return self_evolution_kd_loss(student_input, student_weight, teacher_input, teacher_weight, labels,
-                                      student_bias=student_bias, teacher_bias=teacher_bias,
-                                      num_items_in_batch=num_items_in_batch, **self.options)
+    def forward(self, student_input, student_weight, teacher_input, teacher_weight, true_labels=None,
+                student_bias=None, teacher_bias=None, num_items_in_batch=None, *, labels=None):
+        if (true_labels is None) == (labels is None):
+            raise TypeError("SelfEvolutionKDLoss: pass the labels (N,) once, as true_labels (5th argument) or "
+                            "labels=")
+        return self_evolution_kd_loss(student_input, student_weight, teacher_input, teacher_weight,
+                                      true_labels if labels is None else labels, student_bias=student_bias,
+                                      teacher_bias=teacher_bias, num_items_in_batch=num_items_in_batch,
+                                      **self.options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
