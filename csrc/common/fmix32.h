@@ -4,11 +4,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MTK_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define MTK_HOST_DEVICE inline
-#endif
+#include "common/host_device.h"
 
 namespace mtk {
 

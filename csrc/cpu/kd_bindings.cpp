@@ -1,5 +1,5 @@
 // torch registration of the CPU self-evolution KD row kernel: torch.ops.mtkernels_cpu.kd_rows.
-// Checks the preconditions (the contract: /work/notes/kd_contract.md), turns tensors into raw
+// Checks the preconditions (the contract: docs/kd.md), turns tensors into raw
 // pointers (self_evolution_kd.h) and supplies at::parallel_for as the thread pool.
 #include <torch/extension.h>
 
@@ -26,7 +26,7 @@ void check_rows(const Tensor& t, const char* name, int64_t n) {
 
 kd::Params make_params(int64_t mode, double lam, double beta, double gamma, double temperature,
                        int64_t ignore_index, bool compute_grad) {
-  TORCH_CHECK(mode >= 0 && mode <= 5, "mode must be in [0, 5], got ", mode);
+  TORCH_CHECK(mode >= 0 && mode < kd::kNumModes, "mode must be in [0, ", kd::kNumModes - 1, "], got ", mode);
   TORCH_CHECK(lam >= 0 && lam <= 1, "lam must be in [0, 1], got ", lam);
   TORCH_CHECK(beta > 0 && beta <= 1, "beta must be in (0, 1], got ", beta);
   TORCH_CHECK(gamma >= 0, "gamma must be >= 0, got ", gamma);

@@ -1,5 +1,6 @@
 // Self-evolution knowledge distillation row kernel on raw pointers (no torch types here;
-// csrc/cpu/kd_bindings.cpp wraps it). The contract is /work/notes/kd_contract.md, the math SPEC §2.
+// csrc/cpu/kd_bindings.cpp wraps it). The contract and the math are in docs/kd.md; the per-row
+// formulas are shared with the CUDA kernel (csrc/common/kd_row.h).
 //
 // Per valid row i (labels[i] != ignore_index), s = student[i, :vocab] / T, t = teacher[i, :vocab] / T,
 // q = softmax(s), p = softmax(t), y = (1 - lam) onehot(g) + lam p:
@@ -16,21 +17,13 @@
 
 #include <cstdint>
 
-#include "cpu/collab.h"  // Executor
+#include "common/kd_row.h"  // Mode
+#include "cpu/collab.h"     // Executor
 
 namespace mtk {
 namespace kd {
 
 using Executor = collab::Executor;
-
-enum class Mode : int {
-  kSelfEvolution = 0,      // hard if d > gamma
-  kSelfEvolutionTopk = 1,  // hard rows given by the caller
-  kSkew = 2,               // every valid row hard
-  kNoEvo = 3,              // every row easy
-  kForwardKD = 4,
-  kReverseKD = 5,
-};
 
 struct Params {
   Mode mode;

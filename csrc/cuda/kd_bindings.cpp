@@ -1,5 +1,5 @@
 // torch registration of the CUDA self-evolution KD row kernel: torch.ops.mtkernels_cuda.kd_rows
-// (/work/notes/kd_contract.md). Checks the preconditions that need no device sync, allocates the
+// (docs/kd.md). Checks the preconditions that need no device sync, allocates the
 // per-row outputs with torch (caching allocator, current stream) and calls the launcher of
 // self_evolution_kd.cuh. The library itself is defined in bindings.cpp; this file adds a fragment.
 #include <torch/extension.h>
@@ -50,7 +50,8 @@ std::tuple<Tensor, Tensor, Tensor> kd_rows_op(const Tensor& student, const Tenso
   TORCH_CHECK(student.size(1) <= kMaxIndex, "kd_rows: at most 2^31 - 1 student columns, got ", student.size(1));
   TORCH_CHECK(vocab >= 1 && vocab <= student.size(1) && vocab <= teacher.size(1), "kd_rows: vocab must be in [1, ",
               "min(V_s, V_t)] = [1, ", std::min(student.size(1), teacher.size(1)), "], got ", vocab);
-  TORCH_CHECK(mode >= kc::kKdSelfEvolution && mode <= kc::kKdReverse, "kd_rows: mode must be in [0, 5], got ", mode);
+  TORCH_CHECK(mode >= 0 && mode < mtk::kd::kNumModes, "kd_rows: mode must be in [0, ", mtk::kd::kNumModes - 1,
+              "], got ", mode);
   TORCH_CHECK(lam >= 0.0 && lam <= 1.0, "kd_rows: lam must be in [0, 1], got ", lam);
   TORCH_CHECK(beta > 0.0 && beta <= 1.0, "kd_rows: beta must be in (0, 1], got ", beta);
   TORCH_CHECK(gamma >= 0.0, "kd_rows: gamma must be >= 0, got ", gamma);

@@ -1,6 +1,6 @@
-// Launcher of the CUDA self-evolution knowledge-distillation row kernel (SPEC §2,
-// /work/notes/kd_contract.md): plain C++ types only, so the torch binding (kd_bindings.cpp) and any
-// other host code can call it without CUDA device code.
+// Launcher of the CUDA self-evolution knowledge-distillation row kernel (docs/kd.md): plain C++
+// types only, so the torch binding (kd_bindings.cpp) and any other host code can call it without
+// CUDA device code. The per-row formulas are shared with the CPU kernel (common/kd_row.h).
 //
 // Per row i with label g (s = student[i, :vocab] / T, t = teacher[i, :vocab] / T, q = softmax(s),
 // p = softmax(t), y = (1 - lam) onehot(g) + lam p):
@@ -18,18 +18,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/kd_row.h"  // kd::Mode
+
 namespace mtk {
 namespace cuda {
-
-// mode codes (the order of KD_MODES in mtkernels/reference/kernels.py)
-enum KdMode : int {
-  kKdSelfEvolution = 0,
-  kKdSelfEvolutionTopK = 1,
-  kKdSkew = 2,
-  kKdNoEvo = 3,
-  kKdForward = 4,
-  kKdReverse = 5,
-};
 
 struct KdRowsArgs {
   float* student;  // (rows, student_stride) f32, element (i, j) at student[i * student_stride + j]
@@ -43,7 +35,7 @@ struct KdRowsArgs {
   int64_t rows;  // >= 0
   int64_t vocab;  // in [1, min(V_s, V_t)] and < 2^31
   int64_t ignore_index;
-  int mode;  // KdMode
+  int mode;  // kd::Mode
   float lam;  // [0, 1]
   float beta;  // (0, 1]
   float gamma;  // >= 0

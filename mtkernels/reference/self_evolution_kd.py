@@ -33,28 +33,44 @@ def num_hard_rows(hard_fraction: float, num_valid: int) -> int:
     return int(math.floor(hard_fraction * num_valid + 0.5))
 
 
+def _weighted(w: float, v: Tensor) -> Tensor:
+    """``w · v`` with a term of weight 0 absent (0, not NaN, where ``v`` is infinite)."""
+    return torch.zeros_like(v) if w == 0 else w * v
+
+
+def _where_mass(a: Tensor, v: Tensor) -> Tensor:
+    """``a · v`` summed over the vocabulary, terms with ``a = 0`` dropped (0 · log 0 = 0, masked entries)."""
+    return torch.where(a > 0, a * v, torch.zeros_like(v)).sum(1)
+
+
 def per_row_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, lam: float, beta: float,
                   temperature: float):
     """Per-row (N,) float64 ``d`` (detached), easy, hard, forward_kd and reverse_kd losses.
 
-    Ignored rows must already be replaced by a valid label (their terms are discarded)."""
+    Ignored rows must already be replaced by a valid label (their terms are discarded). Every
+    product whose first factor is a probability (or target mass) of 0 is 0, so ``-inf`` logits
+    (masked entries) contribute nothing where they carry no mass."""
     vocab = min(student_logits.shape[1], teacher_logits.shape[1])
     log_q = torch.log_softmax(student_logits[:, :vocab].double() / temperature, dim=1)
     log_p = torch.log_softmax(teacher_logits[:, :vocab].detach().double() / temperature, dim=1)
-    p = log_p.exp()
+    p, q = log_p.exp(), log_q.exp()
     onehot = torch.nn.functional.one_hot(labels, vocab).double()
     y = (1 - lam) * onehot + lam * p
-    log_y = torch.log(y)  # -inf where y = 0; those terms are dropped below
-    y_log_y = torch.xlogy(y, y).sum(1)
+    log_y = torch.log(y)  # -inf where y = 0; those terms are dropped
 
-    easy = y_log_y - (y * log_q).sum(1)
+    easy = _where_mass(y, log_y - log_q)
     log_m = torch.logaddexp(math.log(beta) + log_q, (math.log1p(-beta) if beta < 1 else -math.inf) + log_y)
-    hard = torch.where(y > 0, y * (log_y - log_m), torch.zeros_like(y)).sum(1)
+    hard = _where_mass(y, log_y - log_m)
     ce = -log_q.gather(1, labels.unsqueeze(1)).squeeze(1)
-    kl_pq = (p * (log_p - log_q)).sum(1)
-    q = log_q.exp()
-    kl_qp = (q * (log_q - log_p)).sum(1)
-    return easy.detach(), easy, hard, (1 - lam) * ce + lam * kl_pq, (1 - lam) * ce + lam * kl_qp
+    kl_pq = _where_mass(p, log_p - log_q)
+    kl_qp = _where_mass(q, log_q - log_p)
+    forward_kd = _weighted(1 - lam, ce) + _weighted(lam, kl_pq)
+    reverse_kd = _weighted(1 - lam, ce) + _weighted(lam, kl_qp)
+    # a row whose student or teacher logits are all -inf has no distribution: NaN, never a number
+    defined = (student_logits[:, :vocab] > -math.inf).any(1) & (teacher_logits[:, :vocab] > -math.inf).any(1)
+    undefined_is_nan = torch.where(defined, 1.0, math.nan).double()  # a factor, so gradients are NaN there too
+    easy, hard, forward_kd, reverse_kd = (x * undefined_is_nan for x in (easy, hard, forward_kd, reverse_kd))
+    return easy.detach(), easy, hard, forward_kd, reverse_kd
 
 
 def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
@@ -95,7 +111,8 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
     else:
         denominator = num_valid.double() if num_items_in_batch is None else torch.as_tensor(
             float(num_items_in_batch), dtype=torch.float64)
-        loss = rows.sum() / denominator.clamp_min(1)
+        # no valid row (or num_items_in_batch = 0): loss 0 and zero gradients, not 0 / 0
+        loss = rows.sum() * torch.where(denominator > 0, 1 / denominator, torch.zeros_like(denominator))
     mean_d = (d * valid).sum() / num_valid.clamp_min(1)
     out_dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32  # float64 for gradcheck
     return loss.to(out_dtype), KDStats(num_valid, is_hard.sum(), mean_d.float())

@@ -8,9 +8,12 @@ One program per row walks the row's vocabulary in BLOCK-sized tiles, up to three
 3. compute_grad only: the gradient with respect to the raw logits, written over the student row
    (times grad_scale[i] / T; zeros past ``vocab`` and on ignored rows).
 
-Moments are kept relative to the running maxes (``Σ e^{x-m} (x - m)`` rather than ``Σ p x``), so
-logits of magnitude 1e4 lose nothing to cancellation against lse, and no exp ever sees a positive
-argument. Nothing of size n x V is allocated: the gradient reuses the student's storage.
+Moments are kept relative to the running maxes of the *raw* logits (``Σ e^{ds} ds`` with
+``ds = (x - max x) / T`` rather than ``Σ p x``): the shift happens before the division by T, so
+neither large logits nor small temperatures lose the small differences to cancellation, and no exp
+ever sees a positive argument. Products whose first factor (a probability or target mass) is 0 are
+0, and logs that feed further exps are floored at a finite stand-in for log 0, so masked (-inf)
+logits give no NaN. Nothing of size n x V is allocated: the gradient reuses the student's storage.
 """
 
 from __future__ import annotations
@@ -39,18 +42,43 @@ _MODE_RULES = {  # mode -> (hard rule without a mask, loss kind)
 
 # --- device helpers ------------------------------------------------------------------------------
 
-@triton.jit
-def max_move(old_max, new_max):
-    """(e^{old - new}, old - new) for rescaling sums kept relative to a running max; the shift is
-    0 rather than -inf while nothing has been accumulated yet (it multiplies empty sums)."""
-    return tl.exp(old_max - new_max), tl.where(old_max == float("-inf"), 0.0, old_max - new_max)
+LOG_FLOOR = tl.constexpr(-1e30)  # finite stand-in for log 0: exp of it is exactly 0
 
 
 @triton.jit
-def centered_tile(x, valid, new_max):
-    """(x - max, e^{x - max}) of a tile, both 0 where not valid (no -inf * 0 = NaN later)."""
-    centered = tl.where(valid, x - new_max, 0.0)
-    return centered, tl.where(valid, tl.exp(centered), 0.0)
+def max_move(old_max, new_max, inv_temperature):
+    """(factor, shift) re-expressing sums kept relative to the raw running max ``old_max`` relative
+    to ``new_max``: e^{shift} and (old - new) / T; (1, 0) when the max did not move, (0, 0) while
+    nothing finite had been seen (the factor then multiplies empty sums)."""
+    moved = new_max != old_max
+    had = old_max != float("-inf")
+    shift = tl.where(moved & had, (old_max - new_max) * inv_temperature, 0.0)
+    return tl.where(moved, tl.where(had, tl.exp(shift), 0.0), 1.0), shift
+
+
+@triton.jit
+def shift_origin(m):
+    """What a tile is shifted by: the running max, or 0 while it is -inf (every value seen is -inf)."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def centered_tile(x, valid, new_max, inv_temperature):
+    """((x - max) / T, its exp) of a raw tile; -inf and 0 where not valid or masked."""
+    centered = tl.where(valid, (x - shift_origin(new_max)) * inv_temperature, float("-inf"))
+    return centered, tl.exp(centered)
+
+
+@triton.jit
+def mass_times(e, v):
+    """e · v, 0 where e = 0 (whatever v: a column without mass adds nothing)."""
+    return tl.where(e > 0.0, e * v, 0.0)
+
+
+@triton.jit
+def weighted(w, v):
+    """w · v, 0 where the weight w is 0 (even where v is infinite)."""
+    return tl.where(w == 0.0, 0.0, w * v)
 
 
 @triton.jit
@@ -58,16 +86,22 @@ def accumulate_moments(z, w_self, w_cross, scale, shift_self, shift_other, e, c_
     """One stream's moments z = Σ e^{x-m}, w_self = Σ e^{x-m}(x - m), w_cross = Σ e^{x-m}(v - m_v)
     (v the other stream) after its max moved by (scale, shift_self) and the other's by shift_other,
     plus one tile (e = e^{x - M}, c_* centered values)."""
-    w_self = scale * (w_self + shift_self * z) + tl.sum(e * c_self, axis=0)
-    w_cross = scale * (w_cross + shift_other * z) + tl.sum(e * c_other, axis=0)
+    w_self = weighted(scale, w_self + shift_self * z) + tl.sum(mass_times(e, c_self), axis=0)
+    w_cross = weighted(scale, w_cross + shift_other * z) + tl.sum(mass_times(e, c_other), axis=0)
     z = scale * z + tl.sum(e, axis=0)
     return z, w_self, w_cross
 
 
 @triton.jit
-def load_scaled(ptr, cols, valid, inv_temperature, other):
-    """x / T of a tile, ``other`` where not valid (-inf for a max; 0 keeps masked lanes finite)."""
-    return tl.load(ptr + cols, mask=valid, other=other) * inv_temperature
+def load_raw(ptr, cols, valid):
+    """A tile of raw logits, -inf where not valid."""
+    return tl.load(ptr + cols, mask=valid, other=float("-inf"))
+
+
+@triton.jit
+def log_prob_tile(ptr, cols, valid, row_max, log_z, inv_temperature):
+    """log softmax of a raw tile given its row's raw max and log Σ e^{(x - max)/T}, floored at LOG_FLOOR."""
+    return tl.maximum((load_raw(ptr, cols, valid) - row_max) * inv_temperature - log_z, LOG_FLOOR)
 
 
 @triton.jit
@@ -79,9 +113,9 @@ def logaddexp(a, b):
 
 @triton.jit
 def target_tile(log_p, is_label, lam, log_lam, y_g, log_y_g):
-    """ỹ and log ỹ of a tile: λ p_j off the label, ỹ_g on it; log ỹ = -inf where ỹ = 0 (λ = 0)."""
+    """ỹ and log ỹ of a tile: λ p_j off the label, ỹ_g on it; log ỹ floored where ỹ = 0 (λ = 0)."""
     y = tl.where(is_label, y_g, lam * tl.exp(log_p))
-    log_y = tl.where(is_label, log_y_g, log_lam + log_p)
+    log_y = tl.maximum(tl.where(is_label, log_y_g, log_lam + log_p), LOG_FLOOR)
     return y, log_y
 
 
@@ -95,19 +129,18 @@ def log_mixture(log_q, log_y, log_beta, log_1m_beta):
 def self_kd_row_terms(lam, lam_log_lam, log_z_s, log_z_t, w_ss, w_st, w_tt, w_ts, z_s, z_t, log_q_g, log_p_g):
     """(d, forward_kd, reverse_kd, KL(q ‖ p), ỹ_g, log ỹ_g) of a row from its pass-1 statistics.
     Every Σ is relative to the maxes: Σ p log p = w_tt / z_t - log z_t, and so on."""
-    sum_p_log_p = w_tt / z_t - log_z_t
-    sum_p_log_q = w_ts / z_t - log_z_s
-    kl_qp = (w_ss / z_s - log_z_s) - (w_st / z_s - log_z_t)
+    kl_pq = (w_tt - w_ts) / z_t - log_z_t + log_z_s
+    kl_qp = (w_ss - w_st) / z_s - log_z_s + log_z_t
     p_g = tl.exp(log_p_g)
     y_g = 1.0 - lam + lam * p_g
     # λ = 1 and p_g = 0: ỹ_g = 0, log ỹ_g = -inf, and 0 log 0 = 0
     log_y_g = tl.log(y_g)
-    y_log_y_g = tl.where(y_g > 0.0, y_g * log_y_g, 0.0)
-    sum_y_log_y = lam_log_lam * (1.0 - p_g) + lam * (sum_p_log_p - p_g * log_p_g) + y_log_y_g
-    sum_y_log_q = (1.0 - lam) * log_q_g + lam * sum_p_log_q
-    d = sum_y_log_y - sum_y_log_q
-    forward_kd = (1.0 - lam) * -log_q_g + lam * (sum_p_log_p - sum_p_log_q)
-    reverse_kd = (1.0 - lam) * -log_q_g + lam * kl_qp
+    ce = -log_q_g
+    # d = λ log λ (1 - p_g) + λ (KL(p ‖ q) - p_g log p_g) + ỹ_g log ỹ_g + (1 - λ) CE
+    d = (lam_log_lam * (1.0 - p_g) + weighted(lam, kl_pq - mass_times(p_g, log_p_g)) + mass_times(y_g, log_y_g)
+         + weighted(1.0 - lam, ce))
+    forward_kd = weighted(1.0 - lam, ce) + weighted(lam, kl_pq)
+    reverse_kd = weighted(1.0 - lam, ce) + weighted(lam, kl_qp)
     return d, forward_kd, reverse_kd, kl_qp, y_g, log_y_g
 
 
@@ -147,14 +180,14 @@ def kd_rows_kernel(student_ptr, teacher_ptr, labels_ptr, hard_ptr, grad_scale_pt
         for start in range(0, vocab, BLOCK):
             cols = start + offs
             valid = cols < vocab
-            s = load_scaled(s_row, cols, valid, inv_temperature, float("-inf"))
-            t = load_scaled(t_row, cols, valid, inv_temperature, float("-inf"))
+            s = load_raw(s_row, cols, valid)
+            t = load_raw(t_row, cols, valid)
             new_m_s = tl.maximum(m_s, tl.max(s, axis=0))
             new_m_t = tl.maximum(m_t, tl.max(t, axis=0))
-            scale_s, shift_s = max_move(m_s, new_m_s)
-            scale_t, shift_t = max_move(m_t, new_m_t)
-            c_s, e_s = centered_tile(s, valid, new_m_s)
-            c_t, e_t = centered_tile(t, valid, new_m_t)
+            scale_s, shift_s = max_move(m_s, new_m_s, inv_temperature)
+            scale_t, shift_t = max_move(m_t, new_m_t, inv_temperature)
+            c_s, e_s = centered_tile(s, valid, new_m_s, inv_temperature)
+            c_t, e_t = centered_tile(t, valid, new_m_t, inv_temperature)
             z_s, w_ss, w_st = accumulate_moments(z_s, w_ss, w_st, scale_s, shift_s, shift_t, e_s, c_s, c_t)
             z_t, w_tt, w_ts = accumulate_moments(z_t, w_tt, w_ts, scale_t, shift_t, shift_s, e_t, c_t, c_s)
             m_s = new_m_s
@@ -162,12 +195,15 @@ def kd_rows_kernel(student_ptr, teacher_ptr, labels_ptr, hard_ptr, grad_scale_pt
 
         log_z_s = tl.log(z_s)
         log_z_t = tl.log(z_t)
-        # log q_g, log p_g centered on the max first: no cancellation against lse for large logits
-        log_q_g = (tl.load(s_row + label) * inv_temperature - m_s) - log_z_s
-        log_p_g = (tl.load(t_row + label) * inv_temperature - m_t) - log_z_t
+        # log q_g, log p_g centered on the raw max first: no cancellation against lse
+        log_q_g = (tl.load(s_row + label) - m_s) * inv_temperature - log_z_s
+        log_p_g = (tl.load(t_row + label) - m_t) * inv_temperature - log_z_t
         d, forward_kd, reverse_kd, kl_qp, y_g, log_y_g = self_kd_row_terms(
             lam, lam_log_lam, log_z_s, log_z_t, w_ss, w_st, w_tt, w_ts, z_s, z_t, log_q_g, log_p_g)
-        hard = is_hard_row(hard_rule, d, gamma, hard_ptr, row)
+        # a row whose student or teacher logits are all -inf has no distribution: NaN, never a number
+        has_distribution = (m_s > float("-inf")) & (m_t > float("-inf"))
+        d = tl.where(has_distribution, d, float("nan"))
+        hard = is_hard_row(hard_rule, d, gamma, hard_ptr, row) & has_distribution
         use_hard_loss = hard & (loss_kind == 0)  # LOSS_SELF_EVOLUTION
 
         # pass 2 (hard loss rows): KL(ỹ ‖ m) and R = Σ_j q_j r_j (each q_j r_j <= ỹ_j / β)
@@ -177,8 +213,8 @@ def kd_rows_kernel(student_ptr, teacher_ptr, labels_ptr, hard_ptr, grad_scale_pt
             for start in range(0, vocab, BLOCK):
                 cols = start + offs
                 valid = cols < vocab
-                log_q = (load_scaled(s_row, cols, valid, inv_temperature, 0.0) - m_s) - log_z_s
-                log_p = (load_scaled(t_row, cols, valid, inv_temperature, 0.0) - m_t) - log_z_t
+                log_q = log_prob_tile(s_row, cols, valid, m_s, log_z_s, inv_temperature)
+                log_p = log_prob_tile(t_row, cols, valid, m_t, log_z_t, inv_temperature)
                 y, log_y = target_tile(log_p, cols == label, lam, log_lam, y_g, log_y_g)
                 log_m = log_mixture(log_q, log_y, log_beta, log_1m_beta)
                 # terms with ỹ_j = 0 are skipped: select the log gap before multiplying (0 * -inf)
@@ -189,6 +225,7 @@ def kd_rows_kernel(student_ptr, teacher_ptr, labels_ptr, hard_ptr, grad_scale_pt
         loss = tl.where(use_hard_loss, hard_loss, d)
         loss = tl.where(loss_kind == 1, forward_kd, loss)  # LOSS_FORWARD_KD
         loss = tl.where(loss_kind == 2, reverse_kd, loss)  # LOSS_REVERSE_KD
+        loss = tl.where(has_distribution, loss, float("nan"))
         tl.store(loss_ptr + row, loss)
         tl.store(d_ptr + row, d)
         tl.store(is_hard_ptr + row, hard.to(tl.int8))
@@ -200,8 +237,8 @@ def kd_rows_kernel(student_ptr, teacher_ptr, labels_ptr, hard_ptr, grad_scale_pt
                 cols = start + offs
                 valid = cols < vocab
                 is_label = cols == label
-                log_q = (load_scaled(s_row, cols, valid, inv_temperature, 0.0) - m_s) - log_z_s
-                log_p = (load_scaled(t_row, cols, valid, inv_temperature, 0.0) - m_t) - log_z_t
+                log_q = log_prob_tile(s_row, cols, valid, m_s, log_z_s, inv_temperature)
+                log_p = log_prob_tile(t_row, cols, valid, m_t, log_z_t, inv_temperature)
                 q = tl.exp(log_q)
                 y, log_y = target_tile(log_p, is_label, lam, log_lam, y_g, log_y_g)
                 if use_hard_loss:  # β q_k (R - r_k), with q_k r_k formed in log space (no overflow)
@@ -212,6 +249,7 @@ def kd_rows_kernel(student_ptr, teacher_ptr, labels_ptr, hard_ptr, grad_scale_pt
                             + lam * q * (log_q - log_p - kl_qp))
                 else:  # easy, noevo, forward_kd
                     grad = q - y
+                grad = tl.where(has_distribution, grad, float("nan"))
                 tl.store(s_row + cols, tl.where(valid, grad * coef, 0.0), mask=cols < row_len_s)
     else:
         tl.store(loss_ptr + row, 0.0)
