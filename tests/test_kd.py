@@ -277,7 +277,7 @@ def test_backward_scales_by_incoming_gradient_and_refuses_a_second_backward(path
             assert_same(grads, want, 1e-5, 1e-7)
         want = grads
         # backward only scales the gradients formed in forward, in place: a second one must fail loudly
-        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        with pytest.raises(RuntimeError, match="second backward"):
             loss.backward()
 
 
@@ -294,7 +294,7 @@ def test_from_logits_backward_scales_in_place_once(path):
         loss = mtkernels.self_evolution_kd_loss_from_logits(leaf, t, labels, backend=path)
         (loss * scale).backward(retain_graph=True)
         grads.append(leaf.grad.cpu() / scale)
-        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        with pytest.raises(RuntimeError, match="second backward"):
             loss.backward()
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
 

@@ -14,6 +14,8 @@ from ..reference.self_evolution_kd import MODES
 Tensor = torch.Tensor
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REDUCTIONS = ("mean", "sum", "none")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+INT64_RANGE = (-2**63, 2**63 - 1)
 
 
 @dataclasses.dataclass
@@ -21,11 +23,14 @@ class KDArgs:
     num_items: Optional[Tensor]  # () float32 on the inputs' device, or None
 
 
-def _matrix(t, name: str, shape_text: str, device=None):
+def _matrix(t, name: str, shape_text: str, device=None, vocab_dim: Optional[int] = None):
+    """A 2-D floating tensor; ``vocab_dim``, when given, is the dimension that must be non-empty."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor {shape_text}, got {type(t).__name__}")
     if t.dim() != 2:
         raise ValueError(f"{name}: expected shape {shape_text}, got {tuple(t.shape)}")
+    if vocab_dim is not None and t.shape[vocab_dim] < 1:
+        raise ValueError(f"{name}: expected shape {shape_text} with a non-empty vocabulary, got {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: dtype must be float32, bfloat16 or float16, got {t.dtype}")
     if device is not None and t.device != device:
@@ -37,21 +42,44 @@ def _bias(b, name: str, rows: int, device):
         return
     if not isinstance(b, torch.Tensor) or b.dim() != 1 or b.shape[0] != rows:
         raise ValueError(f"{name}: expected shape ({rows},), got {getattr(b, 'shape', type(b).__name__)}")
+    if b.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: dtype must be float32, bfloat16 or float16, got {b.dtype}")
     if b.device != device:
         raise ValueError(f"{name}: on {b.device}, but student_input is on {device}")
 
 
 def _number(value, name: str, ok, expected: str) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or not ok(value):
+    """A Python real number (not a tensor: options are constants of the op) checked by ``ok``."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        hint = f" (pass {name}.item())" if isinstance(value, torch.Tensor) else ""
+        raise TypeError(f"{name}: expected a Python float {expected}, got {type(value).__name__}{hint}")
+    if not math.isfinite(value) or not ok(value):
         raise ValueError(f"{name}: must be {expected}, got {value!r}")
     return float(value)
 
 
+def _temperature_ok(t: float) -> bool:
+    """τ > 0 with τ and 1/τ finite and non-zero in float32, the precision the kernels work in."""
+    return t > 0 and t <= FLOAT32_MAX and 1.0 / t <= FLOAT32_MAX
+
+
+def check_ignore_index(ignore_index) -> None:
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    if not INT64_RANGE[0] <= ignore_index <= INT64_RANGE[1]:
+        raise ValueError(f"ignore_index: must fit in int64 (labels are int64), got {ignore_index}")
+
+
 def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
+    check_ignore_index(ignore_index)
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected a ({n},) int64 tensor, got {type(labels).__name__}")
-    if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != n:
+    if labels.dtype != torch.int64 or labels.dim() != 1:
         raise ValueError(f"labels: expected a ({n},) int64 tensor, got {tuple(labels.shape)} {labels.dtype}")
+    if labels.shape[0] != n:
+        raise ValueError(f"labels: expected {n} labels, one per row, got {labels.shape[0]}; labels must already be "
+                         f"aligned with the rows: for a causal LM shift them (labels[..., 1:]) and drop the last "
+                         f"position's hidden state or logits")
     if labels.device != device:
         raise ValueError(f"labels: on {labels.device}, but the logits/inputs are on {device}")
     in_range = (labels == ignore_index) | ((labels >= 0) & (labels < vocab))
@@ -70,21 +98,47 @@ def check_options(mode, lam, beta, gamma, hard_fraction, temperature, reduction,
     _number(beta, "beta", lambda v: 0 < v <= 1, "in (0, 1]")
     _number(gamma, "gamma", lambda v: v >= 0, ">= 0")
     _number(hard_fraction, "hard_fraction", lambda v: 0 <= v <= 1, "in [0, 1]")
-    _number(temperature, "temperature", lambda v: v > 0, "> 0")
+    _number(temperature, "temperature", _temperature_ok,
+            "> 0, with it and its reciprocal finite in float32 (about 3e-39 to 3.4e38)")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: must be one of {REDUCTIONS}, got {reduction!r}")
     if chunk_size is not None and (not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
         raise ValueError(f"chunk_size: must be a positive int or None, got {chunk_size!r}")
 
 
+NUM_ITEMS_EXPECTED = "a non-negative whole count (an int, or a one-element tensor holding one)"
+
+
+def _is_count(v: float) -> bool:
+    return math.isfinite(v) and v >= 0 and v == math.floor(v)
+
+
 def num_items_tensor(num_items_in_batch, device) -> Optional[Tensor]:
+    """``num_items_in_batch`` as a () float32 tensor on ``device`` (None stays None).
+
+    Hugging Face's Trainer passes the count of label tokens of the accumulated batch, possibly 0
+    (every label ignored), as an int or a (possibly GPU) tensor. On a CPU tensor the value is checked
+    here; on a GPU or under torch.compile by a device-side assertion (no host sync, no graph break)."""
     if num_items_in_batch is None:
         return None
     if isinstance(num_items_in_batch, torch.Tensor):
-        if num_items_in_batch.numel() != 1:
-            raise ValueError("num_items_in_batch: expected a number or a one-element tensor")
-        return num_items_in_batch.reshape(()).to(device=device, dtype=torch.float32)
-    _number(num_items_in_batch, "num_items_in_batch", lambda v: v >= 0, ">= 0")
+        t = num_items_in_batch
+        if t.numel() != 1:
+            raise ValueError(f"num_items_in_batch: expected {NUM_ITEMS_EXPECTED}, got a tensor of shape {tuple(t.shape)}")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"num_items_in_batch: expected {NUM_ITEMS_EXPECTED}, got a {t.dtype} tensor")
+        t = t.reshape(()).to(device=device, dtype=torch.float64)
+        if t.device.type == "cpu" and not torch.compiler.is_compiling():
+            if not _is_count(float(t)):
+                raise ValueError(f"num_items_in_batch: must be {NUM_ITEMS_EXPECTED}, got {float(t)!r}")
+        else:
+            ok = torch.isfinite(t) & (t >= 0) & (t == torch.floor(t))
+            torch._assert_async(ok, f"num_items_in_batch: must be {NUM_ITEMS_EXPECTED}")
+        return t.to(torch.float32)
+    if not isinstance(num_items_in_batch, numbers.Real) or isinstance(num_items_in_batch, bool):
+        raise TypeError(f"num_items_in_batch: expected {NUM_ITEMS_EXPECTED}, got {type(num_items_in_batch).__name__}")
+    if not _is_count(float(num_items_in_batch)):
+        raise ValueError(f"num_items_in_batch: must be {NUM_ITEMS_EXPECTED}, got {num_items_in_batch!r}")
     return torch.tensor(float(num_items_in_batch), device=device)
 
 
@@ -95,7 +149,7 @@ def check(student_input, student_weight, teacher_input, teacher_weight, labels, 
     _matrix(student_input, "student_input", "(N, H_s)")
     device = student_input.device
     n, hidden = student_input.shape
-    _matrix(student_weight, "student_weight", "(V_s, H_s)", device)
+    _matrix(student_weight, "student_weight", "(V_s, H_s)", device, vocab_dim=0)
     if student_weight.shape[1] != hidden:
         raise ValueError(f"student_weight: expected (V_s, {hidden}) to match student_input (N, H_s), "
                          f"got {tuple(student_weight.shape)}")
@@ -103,7 +157,7 @@ def check(student_input, student_weight, teacher_input, teacher_weight, labels, 
     if teacher_logits is not None:
         if teacher_input is not None or teacher_weight is not None:
             raise ValueError("teacher_logits: pass either teacher_logits or teacher_input and teacher_weight, not both")
-        _matrix(teacher_logits, "teacher_logits", f"({n}, V_t)", device)
+        _matrix(teacher_logits, "teacher_logits", f"({n}, V_t)", device, vocab_dim=1)
         if teacher_logits.shape[0] != n:
             raise ValueError(f"teacher_logits: expected ({n}, V_t), got {tuple(teacher_logits.shape)}")
         vocab_t = teacher_logits.shape[1]
@@ -111,14 +165,12 @@ def check(student_input, student_weight, teacher_input, teacher_weight, labels, 
         if teacher_input is None or teacher_weight is None:
             raise ValueError("teacher_input and teacher_weight are required unless teacher_logits is given")
         _matrix(teacher_input, "teacher_input", f"({n}, H_t)", device)
-        _matrix(teacher_weight, "teacher_weight", "(V_t, H_t)", device)
+        _matrix(teacher_weight, "teacher_weight", "(V_t, H_t)", device, vocab_dim=0)
         if teacher_input.shape[0] != n or teacher_weight.shape[1] != teacher_input.shape[1]:
             raise ValueError(f"teacher_input / teacher_weight: expected ({n}, H_t) and (V_t, H_t), got "
                              f"{tuple(teacher_input.shape)} and {tuple(teacher_weight.shape)}")
         _bias(teacher_bias, "teacher_bias", teacher_weight.shape[0], device)
         vocab_t = teacher_weight.shape[0]
-    if not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
     check_labels(labels, n, min(student_weight.shape[0], vocab_t), ignore_index, device)
     if not isinstance(return_stats, bool):
         raise TypeError("return_stats: expected a bool")
@@ -126,7 +178,7 @@ def check(student_input, student_weight, teacher_input, teacher_weight, labels, 
 
 
 def check_logits(student_logits, teacher_logits) -> None:
-    _matrix(student_logits, "student_logits", "(N, V_s) or (B, T, V_s)")
-    _matrix(teacher_logits, "teacher_logits", "(N, V_t) or (B, T, V_t)", student_logits.device)
+    _matrix(student_logits, "student_logits", "(N, V_s) or (B, T, V_s)", vocab_dim=1)
+    _matrix(teacher_logits, "teacher_logits", "(N, V_t) or (B, T, V_t)", student_logits.device, vocab_dim=1)
     if teacher_logits.shape[0] != student_logits.shape[0]:
         raise ValueError(f"teacher_logits: {teacher_logits.shape[0]} rows, student_logits has {student_logits.shape[0]}")

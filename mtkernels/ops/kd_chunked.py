@@ -42,7 +42,10 @@ class KDParams:
 @dataclasses.dataclass
 class Linear:
     """Student or teacher logits ``x @ weight.T + bias``, a row range at a time, as float32 ``(rows, V)``;
-    for the student also the gradients ``(grad_x, grad_weight fp32, grad_bias fp32 or None)``."""
+    for the student also the gradients ``(grad_x, grad_weight fp32, grad_bias fp32 or None)``.
+
+    The GEMMs run in the weight's dtype, as autocast runs a linear layer whose weight is already in
+    its compute dtype: each chunk of ``x`` (and the bias, once) is cast to it, never the weight."""
 
     x: Tensor  # (N, H)
     weight: Tensor  # (V, H)
@@ -50,14 +53,17 @@ class Linear:
 
     def __post_init__(self):  # gradients are formed by hand here; out= GEMMs refuse inputs that require grad
         self.x, self.weight = self.x.detach(), self.weight.detach()
-        self.bias = None if self.bias is None else self.bias.detach()
+        self.bias = None if self.bias is None else self.bias.detach().to(self.weight.dtype)
+
+    def _rows(self, rows: slice) -> Tensor:
+        return self.x[rows].to(self.weight.dtype)
 
     @property
     def vocab(self) -> int:
         return self.weight.shape[0]
 
     def logits(self, rows: slice) -> Tensor:
-        x = self.x[rows]
+        x = self._rows(rows)
         if x.device.type != "cpu":
             out = x @ self.weight.T if self.bias is None else torch.addmm(self.bias, x, self.weight.T)
             return out.float()
@@ -85,7 +91,10 @@ class Linear:
 
     def accumulate(self, grads, rows: slice, grad_logits: Tensor) -> None:
         grad_x, grad_weight, grad_bias = grads
-        torch.mm(grad_logits.to(self.weight.dtype), self.weight, out=grad_x[rows])  # no temporary
+        if grad_x.dtype == self.weight.dtype:
+            torch.mm(grad_logits.to(self.weight.dtype), self.weight, out=grad_x[rows])  # no temporary
+        else:
+            grad_x[rows] = grad_logits.to(self.weight.dtype) @ self.weight
         # fp32 accumulation across chunks; beta = 0 on the first ignores the uninitialised values (NaN too)
         grad_weight.addmm_(grad_logits.T, self.x[rows].float(), beta=0 if rows.start == 0 else 1)
         if grad_bias is not None:

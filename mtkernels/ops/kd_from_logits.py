@@ -14,7 +14,8 @@ from .. import backends
 from ..reference import self_evolution_kd as ref
 from . import kd_args
 from .kd_chunked import Logits, chunk_rows, fused_kd_pass
-from .self_evolution_kd import _finish, _loss_only_differentiable, _params, _reduce, _row_scale, _scaled_by
+from .self_evolution_kd import (_finish, _loss_only_differentiable, _params, _reduce, _refuse_second_backward,
+                                _row_scale, _scaled_by)
 
 Tensor = torch.Tensor
 
@@ -56,8 +57,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, _grad_d, _grad_hard, _grad_grad):
     if grad_loss is None:
         return (None,) * 17
-    grad, hard, student_logits, teacher_logits, labels, num_items = ctx.saved_tensors
     *options, need_grad = ctx.options
+    if options[7] != "none":
+        _refuse_second_backward(ctx)
+    grad, hard, student_logits, teacher_logits, labels, num_items = ctx.saved_tensors
     if options[7] != "none":
         return _scaled_by((grad,), grad_loss) + (None,) * 16
     grad = _op(student_logits, teacher_logits, labels, grad_loss, hard, num_items, *options, True)[3]
@@ -88,6 +91,7 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
     device = student_logits.device
     kd_args.check_labels(labels, student_logits.shape[0], min(student_logits.shape[1], teacher_logits.shape[1]),
                          ignore_index, device)
+    labels = labels.contiguous()
     num_items = kd_args.num_items_tensor(num_items_in_batch, device)
     name = backends.resolve_backend(backend, device, "kd")
     if name == "reference":

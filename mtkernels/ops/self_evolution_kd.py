@@ -27,12 +27,13 @@ def _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index) ->
 
 
 def _row_scale(labels: Tensor, ignore_index: int, reduction: str, num_items: Optional[Tensor]) -> Tensor:
-    """Per-row weight of the reduction: 1 (sum) or 1 / denominator (mean; 0 rows -> loss 0)."""
+    """Per-row weight of the reduction: 1 (sum) or 1 / denominator (mean). A denominator of 0 (no
+    valid row, or ``num_items_in_batch = 0``) gives weight 0: loss 0 and zero gradients."""
     ones = torch.ones(labels.shape[0], dtype=torch.float32, device=labels.device)
     if reduction == "sum":
         return ones
-    denominator = (labels != ignore_index).sum() if num_items is None else num_items
-    return ones / denominator.to(torch.float32).clamp_min(1)
+    denominator = ((labels != ignore_index).sum() if num_items is None else num_items).to(torch.float32)
+    return ones * torch.where(denominator > 0, 1 / denominator, torch.zeros_like(denominator))
 
 
 def _reduce(rows: Tensor, scale: Tensor, reduction: str) -> Tensor:
@@ -52,10 +53,25 @@ def _loss_only_differentiable(ctx, *other_outputs) -> None:
     ctx.set_materialize_grads(False)
 
 
+SECOND_BACKWARD = ("a second backward through the same self-evolution KD loss is not supported (retain_graph=True): "
+                   "its gradients are computed in the forward pass and the first backward scales them in place; "
+                   "compute the loss again for another backward")
+
+
+def _refuse_second_backward(ctx) -> None:
+    """Backward scales the forward's gradients in place (eager mode), so it can run once; a second
+    one is refused with an error that says why, before autograd's saved-tensor version check would
+    fail with a generic one. Call it before reading ``ctx.saved_tensors``."""
+    if torch.compiler.is_compiling():
+        return
+    if getattr(ctx, "backward_done", False):
+        raise RuntimeError(SECOND_BACKWARD)
+    ctx.backward_done = True
+
+
 def _scaled_by(grads, grad_loss: Tensor):
     """The forward's gradients times the incoming gradient, in place where autograd allows it: a
-    second weight-sized copy would double the peak. A second backward through the same graph then
-    fails autograd's saved-tensor version check instead of returning wrong gradients."""
+    second weight-sized copy would double the peak (see _refuse_second_backward)."""
     if torch.compiler.is_compiling():
         return tuple(g * grad_loss for g in grads)
     return tuple(g.mul_(grad_loss) for g in grads)
@@ -147,6 +163,7 @@ def _backward(ctx, grad_loss, _grad_d, _grad_hard, _gi, _gw, _gb):
         grad_input, grad_weight, grad_bias = _kd_backward_op(grad_loss, hard, *saved, mode, lam, beta, gamma,
                                                              hard_fraction, temperature, ignore_index, chunk, backend)
     else:
+        _refuse_second_backward(ctx)
         grad_input, grad_weight, grad_bias = _scaled_by(ctx.saved_tensors, grad_loss)
     grad_weight = grad_weight.to(ctx.weight_dtype)
     grad_bias = grad_bias.to(ctx.weight_dtype) if ctx.has_bias else None
@@ -157,6 +174,12 @@ torch.library.register_autograd("mtkernels::self_evolution_kd", _backward, setup
 
 
 # --- public API -----------------------------------------------------------------------------------
+
+def _linear_in_weight_dtype(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """float32 ``x @ weight.T + bias`` computed in the weight's dtype (the fused form's rule)."""
+    bias = None if bias is None else bias.to(weight.dtype)
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).float()
+
 
 def _finish(loss, d, hard, labels, ignore_index, return_stats):
     if not return_stats:
@@ -182,10 +205,15 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
 
     Args:
         student_input: ``(N, H_s)`` final hidden states; student_weight ``(V_s, H_s)``; student_bias ``(V_s,)``.
+            Dtypes may differ (fp32 / bf16 / fp16): the logits GEMMs run in each weight's dtype, casting a
+            chunk of the input at a time; the gradients come back in their tensors' dtypes.
         teacher_input: ``(N, H_t)``, teacher_weight ``(V_t, H_t)``, teacher_bias ``(V_t,)``; or instead
             ``teacher_logits (N, V_t)``. The teacher gets no gradient.
         labels: ``(N,)`` int64, already aligned with the inputs (callers shift); ``ignore_index`` rows count for nothing.
         mode: ``self_evolution`` | ``self_evolution_topk`` | ``skew`` | ``noevo`` | ``forward_kd`` | ``reverse_kd``.
+            ``self_evolution_topk`` ranks the rows of *this call*: with gradient accumulation or several
+            processes, each micro-batch on each process picks its own ``hard_fraction`` of hard rows, so
+            the choice depends on how the batch is split.
         lam, beta, gamma, hard_fraction, temperature: SPEC §2 (λ ∈ [0,1], β ∈ (0,1], Γ ≥ 0, fraction ∈ [0,1], τ > 0).
         reduction: ``mean`` (Σ rows / n_valid, or / ``num_items_in_batch``), ``sum`` or ``none`` (``(N,)``).
         return_stats: also return :class:`KDStats` (valid rows, hard rows, mean difficulty).
@@ -196,11 +224,12 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
     a = kd_args.check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits,
                       student_bias, teacher_bias, mode, lam, beta, gamma, hard_fraction, temperature, ignore_index,
                       reduction, num_items_in_batch, chunk_size, return_stats)
+    labels = labels.contiguous()
     name = backends.resolve_backend(backend, student_input.device, "kd")
     if name == "reference":
-        student_logits = torch.nn.functional.linear(student_input, student_weight, student_bias).float()
-        teacher = teacher_logits if teacher_logits is not None else torch.nn.functional.linear(
-            teacher_input, teacher_weight, teacher_bias).float()
+        student_logits = _linear_in_weight_dtype(student_input, student_weight, student_bias)
+        teacher = teacher_logits if teacher_logits is not None else _linear_in_weight_dtype(
+            teacher_input, teacher_weight, teacher_bias)
         loss, stats = ref.self_evolution_kd_loss_from_logits(
             student_logits, teacher.detach(), labels, mode=mode, lam=lam, beta=beta, gamma=gamma,
             hard_fraction=hard_fraction, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
