@@ -71,8 +71,9 @@ def centered_tile(x, valid, new_max, inv_temperature):
 
 @triton.jit
 def mass_times(e, v):
-    """e · v, 0 where e = 0 (whatever v: a column without mass adds nothing)."""
-    return tl.where(e > 0.0, e * v, 0.0)
+    """e · v, 0 where e = 0 (whatever v: a column without mass adds nothing; v is selected first, so
+    no 0 · inf is ever formed)."""
+    return e * tl.where(e > 0.0, v, 0.0)
 
 
 @triton.jit
