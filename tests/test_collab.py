@@ -122,3 +122,103 @@ def test_collab_logits(backend, dtype):
     expected = reference_z(logits, [1.0, -0.5], torch.tensor([1.0, 2.0, 0.5]), 513).float()
     assert z.shape == (3, 513) and z.dtype == torch.float32 and z[0, 7] == float("-inf")
     torch.testing.assert_close(z.cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_softmax_per_row_top_k_pads_past_each_rows_k(backend):
+    """A (B,) top_k: the output width is its max; a row's entries past its own k are id -1, prob 0."""
+    device = device_for(backend)
+    logits = make_logits(3, [600, 600], [torch.float32, torch.bfloat16], seed=3, device=device)
+    top_k = torch.tensor([1, 2, 5])
+    out = mtkernels.fused_collab_softmax(logits, [1.0, -0.5], top_k=top_k, temperature=0.9, backend=backend)
+    full = mtkernels.fused_collab_softmax(logits, [1.0, -0.5], top_k=5, temperature=0.9, backend=backend)
+    assert out.ids.shape == (3, 5)
+    past = torch.arange(5) >= top_k.unsqueeze(1)
+    assert (out.ids.cpu()[past] == -1).all() and (out.probs.cpu()[past] == 0).all()
+    assert torch.equal(out.ids.cpu()[~past], full.ids.cpu()[~past])
+    assert torch.equal(out.probs.cpu()[~past], full.probs.cpu()[~past])
+    assert torch.equal(out.lse, full.lse)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtypes", [[torch.float32] * 3, [torch.bfloat16, torch.float16, torch.float32]])
+def test_collab_logits_are_float32_of_the_reference_exactly(backend, dtypes):
+    """z = float32((Σ_m w_m x_m, float64 in model order) / τ in float64): bit-equal on every backend,
+    with τ = 1 and τ != 1 (the division is not replaced by pre-scaled weights)."""
+    device = device_for(backend)
+    logits = make_logits(40, [1000, 1003, 1000], dtypes, seed=11, device=device)
+    logits[2][3, 17] = float("-inf")
+    temperature = torch.linspace(0.3, 2.5, 40)
+    temperature[::5] = 1.0
+    for weights, tau in [([1.0, 1.0, -1.0], 0.7), ([1.0, 1.0, -1.0], temperature), ([0.37, -1.3, 2.1], temperature)]:
+        z = mtkernels.collab_logits(logits, weights, temperature=tau, backend=backend)
+        expected = reference_z(logits, weights, tau, 1000).float()
+        assert torch.equal(z.cpu(), expected)
+
+
+def _reference_z_autograd(logits, weights, temperature, vocab):
+    """The reference's z as a differentiable function of logits, weights (B, M) and temperature (B,)."""
+    return ref.combined_logits(logits, weights, temperature, vocab).float()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_collab_logits_gradient(backend):
+    """∂z_b/∂x_m[b, j] = w_bm / τ_b for j < V, 0 past V; weight and temperature tensors get theirs."""
+    device = device_for(backend)
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(3, 70, generator=g), torch.randn(3, 64, generator=g).to(torch.bfloat16)]  # V = 64: x0 padded
+    xs[1][0, 5] = float("-inf")  # a masked token: z = -inf there whatever the weights
+    weights = torch.tensor([[1.0, -0.5], [0.3, 2.0], [1.0, 1.0]])
+    temperature = torch.tensor([0.7, 1.0, 1.9])
+    grad_z = torch.randn(3, 64, generator=g)
+    grad_z[0, 5] = 0.0  # what a loss downstream of a masked token gives
+
+    def grads(fn, on_device):
+        leaves = [t.clone().to(device if on_device else "cpu").requires_grad_() for t in xs + [weights, temperature]]
+        z = fn(leaves[:2], leaves[2], leaves[3])
+        (z.float() * grad_z.to(z.device)).sum().backward()
+        return [t.grad.cpu().float() for t in leaves]
+
+    got = grads(lambda x, w, t: mtkernels.collab_logits(x, w, temperature=t, backend=backend), True)
+    want = grads(lambda x, w, t: _reference_z_autograd(x, w, t, 64), False)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert (got[0][:, 64:] == 0).all()
+    torch.testing.assert_close(got[0][:, :64], grad_z * (weights[:, :1] / temperature[:, None]))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_collab_logits_gradcheck(backend):
+    """Finite differences (float32 inputs: the op takes fp32/bf16/fp16 logits; z is linear in them)."""
+    device = device_for(backend)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 9, generator=g, device="cpu").to(device).requires_grad_()
+    y = torch.randn(2, 9, generator=g, device="cpu").to(device).requires_grad_()
+    w = torch.tensor([0.5, -1.5], device=device, requires_grad=True)
+    t = torch.tensor([0.75, 1.5], device=device, requires_grad=True)
+
+    def fn(x, y, w, t):
+        return mtkernels.collab_logits([x, y], w, temperature=t, backend=backend)
+
+    with pytest.warns(UserWarning, match="double precision"):
+        assert torch.autograd.gradcheck(fn, (x, y, w, t), eps=1e-2, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_op_registrations(backend):
+    """torch.library's own checks of the three ops: schema, fake tensors (shapes and strides as the
+    real outputs), autograd registration (collab_logits)."""
+    from mtkernels.gumbel import row_keys
+    from mtkernels.ops import collab as ops
+
+    device = device_for(backend)
+    x = [torch.randn(2, 12, device=device, requires_grad=True), torch.randn(2, 10, device=device).half()]
+    w = torch.tensor([[1.0, -0.5], [2.0, 0.25]], device=device, requires_grad=True)
+    t = torch.tensor([0.7, 1.0], device=device, requires_grad=True)
+    torch.library.opcheck(ops._logits_op, (x, w, t, 10, 0, backend))
+    x, w, t = [v.detach() for v in x], w.detach(), t.detach()
+    keys = row_keys(2, device, torch.Generator(device=device).manual_seed(0))
+    torch.library.opcheck(ops._softmax_topk_op, (x, w, t, 10, 3, torch.tensor([1, 3], device=device), 0, backend))
+    for top_k, max_k, top_p, greedy in [(None, 0, torch.tensor([0.9, 0.5], device=device), False),
+                                        (torch.tensor([2, 5], device=device), 5, None, True)]:
+        torch.library.opcheck(ops._sample_op, (x, w, t, 10, top_k, max_k, top_p, None, greedy, keys, True, 0, backend))

@@ -1,5 +1,6 @@
 """fused_collab_sample: filters against Hugging Face's warpers, draws against the reference."""
 
+import math
 import os
 
 import pytest
@@ -142,3 +143,79 @@ def test_logprobs_are_under_the_renormalised_survivors(backend):
         keep = ref.filter_mask(z, rows(10, top_k, torch.int64), rows(10, top_p), rows(10, 0.0))
         expected = torch.log_softmax(z.masked_fill(~keep, float("-inf")), 1).gather(1, ids.cpu()[:, None])[:, 0]
         torch.testing.assert_close(logprobs.cpu(), expected.float(), rtol=1e-4, atol=1e-4)
+
+
+# --- ties: top-p keeps the smallest prefix in (z descending, id ascending) order -------------------
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("top_k", [0, 4])
+def test_top_p_on_ties_keeps_the_smallest_prefix(backend, top_k):
+    """Four equal logits, top_p = 0.5: the spec keeps tokens 0 and 1 (ties broken by lowest id, as
+    top-k does), with top-k on or off. (Hugging Face's TopPLogitsWarper keeps two of them too, but
+    the two highest ids: on ties the spec, not the warper, is the reference.)"""
+    device = device_for(backend)
+    x = torch.zeros(200, 4, device=device)  # 200 rows: 200 independent keys
+    ids, logprobs = mtkernels.fused_collab_sample([x], top_p=0.5, top_k=top_k, return_logprobs=True,
+                                                  generator=torch.Generator().manual_seed(0), backend=backend)
+    assert set(ids.tolist()) == {0, 1}
+    torch.testing.assert_close(logprobs.cpu(), torch.full((200,), -math.log(2.0)))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_top_p_on_bf16_ties_equals_the_reference(backend):
+    """bf16 logits of three models tie often; with top-k off every token and log-probability equals
+    the reference's (the keep set ends at the crossing token: ties past it are dropped)."""
+    device = device_for(backend)
+    interpreted = backend == "triton" and device.type == "cpu"
+    batch, seeds = (8, 2) if interpreted else (256, 10)
+    xs = make_logits(batch, [4000] * 3, [torch.bfloat16] * 3, seed=12, scale=1.0)
+    for seed in range(seeds):
+        kwargs = dict(top_p=0.8, return_logprobs=True)
+        ids, logprobs = mtkernels.fused_collab_sample([x.to(device) for x in xs], backend=backend,
+                                                      generator=torch.Generator().manual_seed(seed), **kwargs)
+        rids, rlogprobs = mtkernels.fused_collab_sample(xs, backend="reference",
+                                                        generator=torch.Generator().manual_seed(seed), **kwargs)
+        assert torch.equal(ids.cpu(), rids)
+        torch.testing.assert_close(logprobs.cpu(), rlogprobs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("values", [(0.0, 0.5, 1.0), (-1.0, -0.25, 0.0, 0.75, 2.0)])
+def test_same_tokens_with_top_k_on_or_off_on_ties(backend, values):
+    """Logits from a handful of values: top-p with top_k = V (on) and top_k = 0 (off) keep the same
+    sets, so the same keys draw the same tokens, with the reference's log-probabilities."""
+    device = device_for(backend)
+    vocab = 101 if backend == "triton" and device.type == "cpu" else 777  # the interpreter's top-k is slow
+    g = torch.Generator().manual_seed(13)
+    table = torch.tensor(values)
+    x = table[torch.randint(0, len(values), (16, vocab), generator=g)].to(torch.bfloat16)
+    for top_p in (0.3183099, 0.6180339, 0.9549297):
+        draws = []
+        for top_k in (0, vocab):
+            draws.append(mtkernels.fused_collab_sample([x.to(device)], top_p=top_p, top_k=top_k, return_logprobs=True,
+                                                       generator=torch.Generator().manual_seed(7), backend=backend))
+        rids, rlogprobs = mtkernels.fused_collab_sample([x], top_p=top_p, return_logprobs=True, backend="reference",
+                                                        generator=torch.Generator().manual_seed(7))
+        for ids, logprobs in draws:
+            assert torch.equal(ids.cpu(), rids)
+            torch.testing.assert_close(logprobs.cpu(), rlogprobs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_per_row_top_k_sampling_stays_within_each_rows_k(backend):
+    """Rows of one logit vector with per-row k: each row draws only among its own k best tokens."""
+    device = device_for(backend)
+    ks = [1, 2, 3, 7, 20]
+    reps = 10 if backend == "triton" and device.type == "cpu" else 60
+    row = torch.randn(1, 300, generator=torch.Generator().manual_seed(14))
+    x = row.expand(len(ks) * reps, 300).contiguous()
+    top_k = torch.tensor(ks).repeat_interleave(reps)
+    ids = mtkernels.fused_collab_sample([x.to(device)], top_k=top_k, temperature=3.0,
+                                        generator=torch.Generator().manual_seed(2), backend=backend).cpu()
+    order = ref.sort_descending(row[0].double())[1]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(300)
+    assert (rank[ids] < top_k).all()
+    assert set(ids[:reps].tolist()) == {int(order[0])}  # k = 1: the arg-max
+    # k > 1 is not cut to a narrower list: a flat distribution (temperature 3) reaches past rank 1
+    assert all(rank[ids[i * reps:(i + 1) * reps]].max() >= 1 for i in range(1, len(ks)))

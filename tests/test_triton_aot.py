@@ -117,10 +117,10 @@ def test_bitonic_topk_path_under_interpreter():
     x = torch.randint(-4, 4, (2, 70), generator=g).float()  # ties
     x[1, 5:40] = float("-inf")
     y = torch.randn(2, 73, generator=g).to(torch.bfloat16)
-    sw = torch.tensor([[1.0, 0.5], [1.0, 0.0]])
+    weights, temperature = torch.tensor([[1.0, 0.5], [1.0, 0.0]]), torch.tensor([0.7, 1.0])
     for k in (1, 6, 40):
-        values, ids, lse = collab.topk([x, y], sw, 70, k, bitonic=True)
-        rv, rids, rlse = ref.topk([x, y], sw, 70, k)
+        values, ids, lse = collab.topk([x, y], weights, temperature, 70, k, bitonic=True)
+        rv, rids, rlse = ref.topk([x, y], weights, temperature, 70, k)
         torch.testing.assert_close(values, rv)
         torch.testing.assert_close(lse, rlse)
         assert torch.equal(ids, rids)

@@ -74,19 +74,25 @@ inline __m256 to_float(__m256d lo, __m256d hi) { return _mm256_set_m128(_mm256_c
 // Computes z a block of columns at a time.
 //
 // The sum is accumulated in double, starting from 0, in model order: products of two floats are
-// exact in double, so fma(w, x, acc) == acc + w * x, which is exactly the reference's float64 sum;
-// rounding once to float then gives z bit-identical to float32(reference z), so thresholds taken
-// from the reference or from another pass select exactly the same tokens. The vector body and the
-// scalar tail do the same operations, so a column's z never depends on block or slice boundaries.
+// exact in double, so fma(w, x, acc) == acc + w * x, which is exactly the reference's float64 sum.
+// It is then divided by tau in double (correctly rounded, as the reference's division; skipped for
+// tau == 1, where it is exact) and rounded once to float, so z is bit-identical to float32(reference
+// z) and thresholds taken from the reference or from another pass select exactly the same tokens.
+// The vector body and the scalar tail do the same operations, so a column's z never depends on
+// block or slice boundaries.
 class ZComputer {
  public:
   explicit ZComputer(const Problem& p) : p_(p) {}
 
   // z[0..n) = combined logits of row b, columns [j0, j0 + n); returns max z over the block (a NaN
-  // may or may not show in it; callers that care check separately).
-  float block(int64_t b, int64_t j0, int n, float* z) const {
+  // may or may not show in it; callers that care check separately). With kFlagInf, *any_inf is set
+  // when some unmasked column's z is +-inf (an overflow, or an infinite input).
+  template <bool kFlagInf = false>
+  float block(int64_t b, int64_t j0, int n, float* z, bool* any_inf = nullptr) const {
     const int M = static_cast<int>(p_.models.size());
-    const float* w = p_.sw + b * M;
+    const float* w = p_.weights + b * M;
+    const double tau = p_.temperature[b];
+    const bool divide = tau != 1.0;  // a uniform branch per row: predicted
     std::vector<const char*> heap_rows;
     std::vector<int64_t> heap_sizes;
     const char* stack_rows[kMaxModelsInline];
@@ -108,7 +114,8 @@ class ZComputer {
     int i = 0;
 #if MTK_AVX2
     const __m256 ninf = _mm256_set1_ps(kNegInf);
-    __m256 vmax = ninf;
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = ninf, vinf = _mm256_setzero_ps();
     for (; i + 16 <= n; i += 16) {
       __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
       __m256 min0 = _mm256_setzero_ps(), min1 = min0;  // -inf here iff some model has -inf
@@ -123,13 +130,28 @@ class ZComputer {
         a2 = _mm256_fmadd_pd(wm, x[2], a2);
         a3 = _mm256_fmadd_pd(wm, x[3], a3);
       }
-      const __m256 z0 = _mm256_blendv_ps(to_float(a0, a1), ninf, _mm256_cmp_ps(min0, ninf, _CMP_EQ_OQ));
-      const __m256 z1 = _mm256_blendv_ps(to_float(a2, a3), ninf, _mm256_cmp_ps(min1, ninf, _CMP_EQ_OQ));
+      if (divide) {
+        const __m256d vtau = _mm256_set1_pd(tau);
+        a0 = _mm256_div_pd(a0, vtau);
+        a1 = _mm256_div_pd(a1, vtau);
+        a2 = _mm256_div_pd(a2, vtau);
+        a3 = _mm256_div_pd(a3, vtau);
+      }
+      const __m256 f0 = to_float(a0, a1), f1 = to_float(a2, a3);
+      const __m256 masked0 = _mm256_cmp_ps(min0, ninf, _CMP_EQ_OQ), masked1 = _mm256_cmp_ps(min1, ninf, _CMP_EQ_OQ);
+      if (kFlagInf) {
+        const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+        vinf = _mm256_or_ps(vinf, _mm256_andnot_ps(masked0, _mm256_cmp_ps(_mm256_and_ps(f0, abs_mask), inf, _CMP_EQ_OQ)));
+        vinf = _mm256_or_ps(vinf, _mm256_andnot_ps(masked1, _mm256_cmp_ps(_mm256_and_ps(f1, abs_mask), inf, _CMP_EQ_OQ)));
+      }
+      const __m256 z0 = _mm256_blendv_ps(f0, ninf, masked0);
+      const __m256 z1 = _mm256_blendv_ps(f1, ninf, masked1);
       _mm256_storeu_ps(z + i, z0);
       _mm256_storeu_ps(z + i + 8, z1);
       vmax = _mm256_max_ps(vmax, _mm256_max_ps(z0, z1));
     }
     zmax = hmax8(vmax);
+    if (kFlagInf && _mm256_movemask_ps(vinf)) *any_inf = true;
 #endif
     for (; i < n; ++i) {
       double acc = 0.0;
@@ -139,7 +161,9 @@ class ZComputer {
         masked = masked || v == kNegInf;
         acc = std::fma(static_cast<double>(w[m]), static_cast<double>(v), acc);
       }
+      if (divide) acc /= tau;
       z[i] = masked ? kNegInf : static_cast<float>(acc);
+      if (kFlagInf && !masked && std::isinf(z[i])) *any_inf = true;
       zmax = std::max(zmax, z[i]);
     }
     return zmax;
@@ -182,15 +206,24 @@ inline Slicing plan_slices(int64_t batch, int64_t vocab, int num_threads) {
   return Slicing{(vocab + cols - 1) / cols, cols};
 }
 
+// Runs task(scratch, row, lo, hi, task_index) for every (row, slice) task in parallel. Each chunk of
+// tasks (one per thread) makes its scratch once with make_scratch() and reuses it for all its tasks,
+// so per-task working memory is per thread, not per row.
+template <class MakeScratch, class Task>
+void run_tasks(const Problem& p, const Slicing& s, const Executor& ex, MakeScratch&& make_scratch, Task&& task) {
+  ex.parallel_for(s.tasks(p.batch), [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t slice = t % s.per_row;
+      task(scratch, t / s.per_row, s.lo(slice), s.hi(slice, p.vocab), t);
+    }
+  });
+}
+
 // Runs task(row, lo, hi, task_index) for every (row, slice) task in parallel.
 template <class Task>
 void run_tasks(const Problem& p, const Slicing& s, const Executor& ex, Task&& task) {
-  ex.parallel_for(s.tasks(p.batch), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t slice = t % s.per_row;
-      task(t / s.per_row, s.lo(slice), s.hi(slice, p.vocab), t);
-    }
-  });
+  run_tasks(p, s, ex, [] { return 0; }, [&](int, int64_t b, int64_t lo, int64_t hi, int64_t t) { task(b, lo, hi, t); });
 }
 
 }  // namespace collab

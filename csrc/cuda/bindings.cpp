@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -23,7 +24,7 @@ namespace kc = mtk::cuda;
 // op layer never passes such, but a copy beats a wrong answer); they must outlive the launch.
 struct Inputs {
   kc::CollabInputs raw{};
-  Tensor sw;
+  Tensor weights, temperature;
   std::vector<Tensor> keep_alive;
 };
 
@@ -36,7 +37,7 @@ int dtype_code(const Tensor& x, size_t m) {
   }
 }
 
-Inputs make_inputs(at::TensorList logits, const Tensor& sw, int64_t vocab_size) {
+Inputs make_inputs(at::TensorList logits, const Tensor& weights, const Tensor& temperature, int64_t vocab_size) {
   TORCH_CHECK(!logits.empty(), "logits: need at least one model's logits (M >= 1)");
   TORCH_CHECK(logits.size() <= static_cast<size_t>(kc::kMaxInputs), "logits: at most ", kc::kMaxInputs,
               " models per call, got ", logits.size());
@@ -66,12 +67,19 @@ Inputs make_inputs(at::TensorList logits, const Tensor& sw, int64_t vocab_size) 
     in.raw.data[m] = x.data_ptr();
     in.raw.row_stride[m] = x.stride(0);
   }
-  TORCH_CHECK(sw.device() == first.device() && sw.scalar_type() == at::kFloat,
-              "sw: expected a float32 tensor on ", first.device(), ", got ", sw.scalar_type(), " on ", sw.device());
-  TORCH_CHECK(sw.dim() == 2 && sw.size(0) == batch && sw.size(1) == static_cast<int64_t>(logits.size()),
-              "sw: expected shape (", batch, ", ", logits.size(), "), got ", sw.sizes());
-  in.sw = sw.contiguous();
-  in.raw.sw = in.sw.data_ptr<float>();
+  TORCH_CHECK(weights.device() == first.device() && weights.scalar_type() == at::kFloat, "weights: expected a float32 tensor on ",
+              first.device(), ", got ", weights.scalar_type(), " on ", weights.device());
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == batch && weights.size(1) == static_cast<int64_t>(logits.size()),
+              "weights: expected shape (", batch, ", ", logits.size(), "), got ", weights.sizes());
+  TORCH_CHECK(temperature.device() == first.device() && temperature.scalar_type() == at::kFloat,
+              "temperature: expected a float32 tensor on ", first.device(), ", got ", temperature.scalar_type(), " on ",
+              temperature.device());
+  TORCH_CHECK(temperature.dim() == 1 && temperature.size(0) == batch, "temperature: expected shape (", batch, ",), got ",
+              temperature.sizes());
+  in.weights = weights.contiguous();
+  in.temperature = temperature.contiguous();
+  in.raw.weights = in.weights.data_ptr<float>();
+  in.raw.temperature = in.temperature.data_ptr<float>();
   return in;
 }
 
@@ -98,8 +106,9 @@ void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "mtkernels_cuda.", op, ": kernel launch failed: ", cudaGetErrorString(err));
 }
 
-std::tuple<Tensor, Tensor, Tensor> topk_op(at::TensorList logits, const Tensor& sw, int64_t vocab_size, int64_t k) {
-  const Inputs in = make_inputs(logits, sw, vocab_size);
+std::tuple<Tensor, Tensor, Tensor> topk_op(at::TensorList logits, const Tensor& weights, const Tensor& temperature,
+                                           int64_t vocab_size, int64_t k) {
+  const Inputs in = make_inputs(logits, weights, temperature, vocab_size);
   TORCH_CHECK(k >= 1 && k <= vocab_size && k <= kc::kMaxTopK, "k must be in [1, min(vocab_size = ", vocab_size, ", ",
               kc::kMaxTopK, ")], got ", k);
   const c10::cuda::CUDAGuard guard(logits[0].device());
@@ -120,8 +129,8 @@ std::tuple<Tensor, Tensor, Tensor> topk_op(at::TensorList logits, const Tensor& 
   return {values, ids, lse};
 }
 
-Tensor logits_op(at::TensorList logits, const Tensor& sw, int64_t vocab_size) {
-  const Inputs in = make_inputs(logits, sw, vocab_size);
+Tensor logits_op(at::TensorList logits, const Tensor& weights, const Tensor& temperature, int64_t vocab_size) {
+  const Inputs in = make_inputs(logits, weights, temperature, vocab_size);
   const c10::cuda::CUDAGuard guard(logits[0].device());
   Tensor z = at::empty({in.raw.batch, vocab_size}, logits[0].options().dtype(at::kFloat));
   if (in.raw.batch == 0) return z;
@@ -131,30 +140,49 @@ Tensor logits_op(at::TensorList logits, const Tensor& sw, int64_t vocab_size) {
   return z;
 }
 
-Tensor threshold_mass_op(at::TensorList logits, const Tensor& sw, int64_t vocab_size, const Tensor& thresholds,
-                         const Tensor& lse) {
-  const Inputs in = make_inputs(logits, sw, vocab_size);
+// The keep sets' id cuts, shaped like the thresholds (absent: every tie kept); null pointer if absent.
+const int64_t* id_cuts_arg(const std::optional<Tensor>& id_cuts, Tensor& keep, const char* name, const Tensor& thresholds,
+                           const Tensor& like) {
+  if (!id_cuts.has_value()) return nullptr;
+  keep = rows_arg(*id_cuts, name, at::kLong, thresholds.size(0), thresholds.dim(), like);
+  TORCH_CHECK(keep.sizes() == thresholds.sizes(), name, ": expected the thresholds' shape ", thresholds.sizes(), ", got ",
+              keep.sizes());
+  return keep.data_ptr<int64_t>();
+}
+
+std::tuple<Tensor, Tensor> threshold_mass_op(at::TensorList logits, const Tensor& weights, const Tensor& temperature,
+                                             int64_t vocab_size, const Tensor& thresholds,
+                                             const std::optional<Tensor>& id_cuts, const Tensor& lse) {
+  const Inputs in = make_inputs(logits, weights, temperature, vocab_size);
   const int64_t batch = in.raw.batch;
   const Tensor th = rows_arg(thresholds, "thresholds", at::kFloat, batch, 2, logits[0]);
+  Tensor cuts;
+  const int64_t* cut_ptr = id_cuts_arg(id_cuts, cuts, "id_cuts", th, logits[0]);
   const Tensor l = rows_arg(lse, "lse", at::kFloat, batch, 1, logits[0]);
   const int64_t t = th.size(1);
   TORCH_CHECK(t <= kc::kMaxThresholds, "thresholds: at most ", kc::kMaxThresholds, " per row, got ", t);
   const c10::cuda::CUDAGuard guard(logits[0].device());
-  Tensor mass = at::empty({batch, t}, l.options());
-  if (batch == 0 || t == 0) return mass;
+  Tensor mass = at::zeros({batch, t}, l.options());
+  Tensor count = at::zeros({batch, t}, l.options().dtype(at::kLong));
+  if (batch == 0 || t == 0) return {mass, count};
   const int splits = kc::reduce_splits(batch, vocab_size, num_sms(logits[0].get_device()));
   Tensor ws = at::empty({batch * splits * t}, l.options());
-  check_launch(kc::collab_threshold_mass(in.raw, th.data_ptr<float>(), static_cast<int>(t), l.data_ptr<float>(), splits,
-                                         ws.data_ptr<float>(), mass.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
+  Tensor count_ws = at::empty({batch * splits * t}, l.options().dtype(at::kInt));
+  check_launch(kc::collab_threshold_mass(in.raw, th.data_ptr<float>(), cut_ptr, static_cast<int>(t), l.data_ptr<float>(),
+                                         splits, ws.data_ptr<float>(), count_ws.data_ptr<int>(), mass.data_ptr<float>(),
+                                         count.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream()),
                "collab_threshold_mass");
-  return mass;
+  return {mass, count};
 }
 
-std::tuple<Tensor, Tensor> gumbel_argmax_op(at::TensorList logits, const Tensor& sw, int64_t vocab_size,
-                                            const Tensor& threshold, const Tensor& keys) {
-  const Inputs in = make_inputs(logits, sw, vocab_size);
+std::tuple<Tensor, Tensor> gumbel_argmax_op(at::TensorList logits, const Tensor& weights, const Tensor& temperature,
+                                            int64_t vocab_size, const Tensor& threshold,
+                                            const std::optional<Tensor>& id_cut, const Tensor& keys) {
+  const Inputs in = make_inputs(logits, weights, temperature, vocab_size);
   const int64_t batch = in.raw.batch;
   const Tensor th = rows_arg(threshold, "threshold", at::kFloat, batch, 1, logits[0]);
+  Tensor cut;
+  const int64_t* cut_ptr = id_cuts_arg(id_cut, cut, "id_cut", th, logits[0]);
   const Tensor ks = rows_arg(keys, "keys", at::kLong, batch, 1, logits[0]);
   const c10::cuda::CUDAGuard guard(logits[0].device());
   Tensor ids = at::empty({batch}, ks.options());
@@ -162,7 +190,7 @@ std::tuple<Tensor, Tensor> gumbel_argmax_op(at::TensorList logits, const Tensor&
   if (batch == 0) return {ids, zs};
   const int splits = kc::reduce_splits(batch, vocab_size, num_sms(logits[0].get_device()));
   Tensor ws = at::empty({batch * splits * 2}, ks.options());  // (uint64 key, z bits) per split
-  check_launch(kc::collab_gumbel_argmax(in.raw, th.data_ptr<float>(), ks.data_ptr<int64_t>(), splits,
+  check_launch(kc::collab_gumbel_argmax(in.raw, th.data_ptr<float>(), cut_ptr, ks.data_ptr<int64_t>(), splits,
                                         reinterpret_cast<uint64_t*>(ws.data_ptr<int64_t>()), ids.data_ptr<int64_t>(),
                                         zs.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()),
                "collab_gumbel_argmax");
@@ -172,11 +200,13 @@ std::tuple<Tensor, Tensor> gumbel_argmax_op(at::TensorList logits, const Tensor&
 }  // namespace
 
 TORCH_LIBRARY(mtkernels_cuda, m) {
-  m.def("collab_topk(Tensor[] logits, Tensor sw, int vocab_size, int k) -> (Tensor, Tensor, Tensor)");
-  m.def("collab_logits(Tensor[] logits, Tensor sw, int vocab_size) -> Tensor");
-  m.def("collab_threshold_mass(Tensor[] logits, Tensor sw, int vocab_size, Tensor thresholds, Tensor lse) -> Tensor");
-  m.def("collab_gumbel_argmax(Tensor[] logits, Tensor sw, int vocab_size, Tensor threshold, Tensor keys)"
-        " -> (Tensor, Tensor)");
+  m.def("collab_topk(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size, int k)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("collab_logits(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size) -> Tensor");
+  m.def("collab_threshold_mass(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size, Tensor thresholds,"
+        " Tensor? id_cuts, Tensor lse) -> (Tensor, Tensor)");
+  m.def("collab_gumbel_argmax(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size, Tensor threshold,"
+        " Tensor? id_cut, Tensor keys) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mtkernels_cuda, CUDA, m) {

@@ -1,5 +1,5 @@
 // CUDA collab kernels: top-k + logsumexp, combined logits, threshold mass and Gumbel arg-max over
-// z = sum_m sw[b, m] * x_m[b, :V] (see collab.cuh and /work/notes/contract.md).
+// z = (sum_m w[b, m] * x_m[b, :V]) / tau[b] (see collab.cuh).
 //
 // Layout of the work: a 1-D grid of B * splits blocks, block (row, split) owning the columns
 // [split * chunk, min(V, (split + 1) * chunk)). Small batches get many splits so that the whole GPU
@@ -43,6 +43,8 @@ struct RowView {
   double w[kMaxInputs];
   int dtype[kMaxInputs];
   int num_inputs;
+  double tau;
+  bool divide;  // tau != 1 (dividing by 1 is exact: skipped)
 };
 
 __device__ __forceinline__ void load_row_view(const CollabInputs& in, int64_t row, RowView& rv) {
@@ -51,21 +53,26 @@ __device__ __forceinline__ void load_row_view(const CollabInputs& in, int64_t ro
     if (threadIdx.x == m && m < in.num_inputs) {
       const int64_t elem = in.dtype[m] == kFloat32 ? 4 : 2;
       rv.base[m] = static_cast<const char*>(in.data[m]) + row * in.row_stride[m] * elem;
-      rv.w[m] = static_cast<double>(in.sw[row * in.num_inputs + m]);
+      rv.w[m] = static_cast<double>(in.weights[row * in.num_inputs + m]);
       rv.dtype[m] = in.dtype[m];
     }
   }
-  if (threadIdx.x == 0) rv.num_inputs = in.num_inputs;
+  if (threadIdx.x == 0) {
+    rv.num_inputs = in.num_inputs;
+    rv.tau = static_cast<double>(in.temperature[row]);
+    rv.divide = rv.tau != 1.0;
+  }
   __syncthreads();
 }
 
 // z for the N columns col0 + e * step (e < N) that are < end; the others are left unspecified.
 // THE one definition of z: every kernel calls it, so z is bit-identical between them (each column's
 // z depends only on that column, not on N or on the split).
-// Accumulation is in double: fp32 * fp32 products are exact there, so z is the correctly rounded sum
-// of the exact products in model order -- the same value as the float64 reference (the op layer and
-// the tests compare thresholds taken from the reference's z with ours). Conversions run once per
-// element and model, far below the memory-bound rate of this streaming kernel.
+// Accumulation is in double: fp32 * fp32 products are exact there, so the sum is the correctly rounded
+// sum of the exact products in model order, then divided by tau in double (IEEE, correctly rounded;
+// skipped for tau == 1) -- the float64 reference's value, rounded once to float (the op layer and the
+// tests compare thresholds taken from the reference's z with ours). Conversions run once per element
+// and model, far below the memory-bound rate of this streaming kernel.
 template <int N>
 __device__ __forceinline__ void combined_logits(const RowView& rv, int col0, int step, int end, float (&z)[N]) {
   double acc[N];
@@ -97,8 +104,18 @@ __device__ __forceinline__ void combined_logits(const RowView& rv, int col0, int
       acc[e] = fma(w, static_cast<double>(x[e]), acc[e]);  // NaN propagates; 0 * inf = NaN as in the reference
     }
   }
+  if (rv.divide) {
+    const double tau = rv.tau;
+#pragma unroll
+    for (int e = 0; e < N; ++e) acc[e] = __ddiv_rn(acc[e], tau);
+  }
 #pragma unroll
   for (int e = 0; e < N; ++e) z[e] = masked[e] ? neg_inf() : __double2float_rn(acc[e]);
+}
+
+// The keep set (theta, cut): z > theta, or z == theta and col <= cut. A NaN theta keeps nothing.
+__device__ __forceinline__ bool in_keep_set(float z, int col, float theta, int64_t cut) {
+  return z > theta || (z == theta && col <= cut);
 }
 
 // Calls f(col, z) for every column of [start, end) this thread owns (coalesced: stride kThreads).
@@ -399,6 +416,7 @@ __global__ void __launch_bounds__(kThreads) logits_kernel(const CollabInputs in,
 template <int T>
 struct Sums {
   float v[T];
+  int n[T];
 };
 
 template <int T>
@@ -406,57 +424,92 @@ struct AddSums {
   __device__ __forceinline__ Sums<T> operator()(const Sums<T>& a, const Sums<T>& b) const {
     Sums<T> c;
 #pragma unroll
-    for (int t = 0; t < T; ++t) c.v[t] = a.v[t] + b.v[t];
+    for (int t = 0; t < T; ++t) {
+      c.v[t] = a.v[t] + b.v[t];
+      c.n[t] = a.n[t] + b.n[t];
+    }
     return c;
   }
 };
 
-// Per split: sum_{z >= th_t} exp(z - lse) for TT >= T thresholds held in registers (padding
-// thresholds are NaN, which no z reaches), into ws (B * splits * T).
+// Per split: the mass sum exp(z - lse) and token count of each keep set (theta_t, cut_t), for TT >= T
+// keep sets held in registers (padding thresholds are NaN, which keep nothing), into ws (B * splits * T).
+// A row whose thresholds are all NaN reads nothing.
 template <int TT>
 __global__ void __launch_bounds__(kThreads) mass_split_kernel(const CollabInputs in, const float* __restrict__ thresholds,
-                                                              int num_thresholds, const float* __restrict__ lse,
-                                                              int splits, int chunk, float* __restrict__ ws) {
+                                                              const int64_t* __restrict__ id_cuts, int num_thresholds,
+                                                              const float* __restrict__ lse, int splits, int chunk,
+                                                              float* __restrict__ ws, int* __restrict__ count_ws) {
   __shared__ RowView rv;
   __shared__ typename cub::BlockReduce<Sums<TT>, kThreads>::TempStorage reduce;
   const Split sp = this_split(splits, chunk, in.vocab);
-  load_row_view(in, sp.row, rv);
   float th[TT];
+  int64_t cut[TT];
   float lowest = __int_as_float(0x7f800000);
+  bool any = false;
 #pragma unroll
   for (int t = 0; t < TT; ++t) {
-    th[t] = t < num_thresholds ? thresholds[sp.row * num_thresholds + t] : __int_as_float(0x7fc00000);
-    lowest = fminf(lowest, th[t]);  // fminf skips the NaN padding
+    const bool real = t < num_thresholds;
+    th[t] = real ? thresholds[sp.row * num_thresholds + t] : __int_as_float(0x7fc00000);
+    cut[t] = real && id_cuts != nullptr ? id_cuts[sp.row * num_thresholds + t] : INT64_MAX;
+    lowest = fminf(lowest, th[t]);  // fminf skips NaN
+    any = any || th[t] == th[t];
   }
+  float* dst = ws + static_cast<int64_t>(blockIdx.x) * num_thresholds;
+  int* count_dst = count_ws + static_cast<int64_t>(blockIdx.x) * num_thresholds;
+  if (!any) {  // uniform over the block: every thread read the same thresholds
+    for (int t = threadIdx.x; t < num_thresholds; t += kThreads) {
+      dst[t] = 0.0f;
+      count_dst[t] = 0;
+    }
+    return;
+  }
+  load_row_view(in, sp.row, rv);
   const float row_lse = lse[sp.row];
   Sums<TT> acc;
 #pragma unroll
-  for (int t = 0; t < TT; ++t) acc.v[t] = 0.0f;
-  for_each_z(rv, sp.start, sp.end, [&](int, float z) {
-    if (!(z >= lowest)) return;  // below every threshold: no exp needed
+  for (int t = 0; t < TT; ++t) {
+    acc.v[t] = 0.0f;
+    acc.n[t] = 0;
+  }
+  for_each_z(rv, sp.start, sp.end, [&](int col, float z) {
+    if (!(z >= lowest)) return;  // in no keep set: no exp needed
     const float p = expf(z - row_lse);
 #pragma unroll
-    for (int t = 0; t < TT; ++t)
-      if (z >= th[t]) acc.v[t] += p;
+    for (int t = 0; t < TT; ++t) {
+      if (in_keep_set(z, col, th[t], cut[t])) {
+        acc.v[t] += p;
+        acc.n[t] += 1;
+      }
+    }
   });
   acc = cub::BlockReduce<Sums<TT>, kThreads>(reduce).Reduce(acc, AddSums<TT>());
   if (threadIdx.x == 0) {
-    float* dst = ws + static_cast<int64_t>(blockIdx.x) * num_thresholds;
 #pragma unroll
-    for (int t = 0; t < TT; ++t)
-      if (t < num_thresholds) dst[t] = acc.v[t];
+    for (int t = 0; t < TT; ++t) {
+      if (t < num_thresholds) {
+        dst[t] = acc.v[t];
+        count_dst[t] = acc.n[t];
+      }
+    }
   }
 }
 
-// mass[b, t] = the splits' partial sums in split order (deterministic).
+// mass[b, t] / count[b, t] = the splits' partial sums in split order (deterministic).
 __global__ void mass_merge_kernel(int64_t count, int num_thresholds, int splits, const float* __restrict__ ws,
-                                  float* __restrict__ mass) {
+                                  const int* __restrict__ count_ws, float* __restrict__ mass,
+                                  int64_t* __restrict__ tokens) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= count) return;
   const int64_t row = i / num_thresholds, t = i % num_thresholds;
   float total = 0.0f;
-  for (int s = 0; s < splits; ++s) total += ws[(row * splits + s) * num_thresholds + t];
+  int64_t n = 0;
+  for (int s = 0; s < splits; ++s) {
+    total += ws[(row * splits + s) * num_thresholds + t];
+    n += count_ws[(row * splits + s) * num_thresholds + t];
+  }
   mass[i] = total;
+  tokens[i] = n;
 }
 
 // The Gumbel noise of mtkernels/gumbel.py (fmix32: common/fmix32.h), in uint32 / float32 arithmetic.
@@ -479,6 +532,7 @@ struct MaxBest {
 };
 
 __global__ void __launch_bounds__(kThreads) gumbel_split_kernel(const CollabInputs in, const float* __restrict__ threshold,
+                                                                const int64_t* __restrict__ id_cut,
                                                                 const int64_t* __restrict__ keys, int splits, int chunk,
                                                                 ulonglong2* __restrict__ ws) {
   __shared__ RowView rv;
@@ -486,12 +540,14 @@ __global__ void __launch_bounds__(kThreads) gumbel_split_kernel(const CollabInpu
   const Split sp = this_split(splits, chunk, in.vocab);
   load_row_view(in, sp.row, rv);
   const float th = threshold[sp.row];
+  const int64_t cut = id_cut != nullptr ? id_cut[sp.row] : INT64_MAX;
   const uint32_t key = static_cast<uint32_t>(static_cast<uint64_t>(keys[sp.row]));
   const uint32_t mixed_key = fmix32(key);
   Best best{0, 0.0f};  // key 0 loses to every column (whose key is at least order_key(-inf) << 32)
   for_each_z(rv, sp.start, sp.end, [&](int col, float z) {
-    // Tokens below the threshold compete at -inf, as in the reference (a NaN z is not "below").
-    const float perturbed = z < th ? neg_inf() : __fadd_rn(z, gumbel(key, mixed_key, static_cast<uint32_t>(col)));
+    // Tokens outside the keep set compete at -inf, as in the reference.
+    const float perturbed =
+        in_keep_set(z, col, th, cut) ? __fadd_rn(z, gumbel(key, mixed_key, static_cast<uint32_t>(col))) : neg_inf();
     const uint64_t k = (static_cast<uint64_t>(order_key(perturbed)) << 32) | static_cast<uint32_t>(~col);
     if (k > best.key) best = Best{k, z};
   });
@@ -526,8 +582,8 @@ int choose_splits(int64_t batch, int64_t vocab, int64_t min_chunk, int64_t max_c
 }
 
 bool valid(const CollabInputs& in) {
-  return in.num_inputs >= 1 && in.num_inputs <= kMaxInputs && in.sw != nullptr && in.batch >= 0 && in.vocab >= 1 &&
-         in.vocab <= INT_MAX;
+  return in.num_inputs >= 1 && in.num_inputs <= kMaxInputs && in.weights != nullptr && in.temperature != nullptr &&
+         in.batch >= 0 && in.vocab >= 1 && in.vocab <= INT_MAX;
 }
 
 // 1-D grid of B * splits blocks, and the columns per split; false if it does not fit a launch.
@@ -579,39 +635,42 @@ cudaError_t collab_logits(const CollabInputs& in, float* z, int num_sms, cudaStr
   return cudaGetLastError();
 }
 
-cudaError_t collab_threshold_mass(const CollabInputs& in, const float* thresholds, int num_thresholds, const float* lse,
-                                  int splits, float* mass_ws, float* mass, cudaStream_t stream) {
+cudaError_t collab_threshold_mass(const CollabInputs& in, const float* thresholds, const int64_t* id_cuts,
+                                  int num_thresholds, const float* lse, int splits, float* mass_ws, int* count_ws,
+                                  float* mass, int64_t* count, cudaStream_t stream) {
   int blocks, chunk;
   if (!valid(in) || num_thresholds < 0 || num_thresholds > kMaxThresholds || !split_grid(in, splits, blocks, chunk))
     return cudaErrorInvalidValue;
   if (in.batch == 0 || num_thresholds == 0) return cudaSuccess;
   const int t = num_thresholds;
   if (t <= 1) {
-    mass_split_kernel<1><<<blocks, kThreads, 0, stream>>>(in, thresholds, t, lse, splits, chunk, mass_ws);
+    mass_split_kernel<1><<<blocks, kThreads, 0, stream>>>(in, thresholds, id_cuts, t, lse, splits, chunk, mass_ws, count_ws);
   } else if (t <= 2) {
-    mass_split_kernel<2><<<blocks, kThreads, 0, stream>>>(in, thresholds, t, lse, splits, chunk, mass_ws);
+    mass_split_kernel<2><<<blocks, kThreads, 0, stream>>>(in, thresholds, id_cuts, t, lse, splits, chunk, mass_ws, count_ws);
   } else if (t <= 4) {
-    mass_split_kernel<4><<<blocks, kThreads, 0, stream>>>(in, thresholds, t, lse, splits, chunk, mass_ws);
+    mass_split_kernel<4><<<blocks, kThreads, 0, stream>>>(in, thresholds, id_cuts, t, lse, splits, chunk, mass_ws, count_ws);
   } else if (t <= 8) {
-    mass_split_kernel<8><<<blocks, kThreads, 0, stream>>>(in, thresholds, t, lse, splits, chunk, mass_ws);
+    mass_split_kernel<8><<<blocks, kThreads, 0, stream>>>(in, thresholds, id_cuts, t, lse, splits, chunk, mass_ws, count_ws);
   } else {
-    mass_split_kernel<16><<<blocks, kThreads, 0, stream>>>(in, thresholds, t, lse, splits, chunk, mass_ws);
+    mass_split_kernel<16><<<blocks, kThreads, 0, stream>>>(in, thresholds, id_cuts, t, lse, splits, chunk, mass_ws,
+                                                          count_ws);
   }
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  const int64_t count = in.batch * t;
-  mass_merge_kernel<<<static_cast<unsigned>(ceil_div(count, kThreads)), kThreads, 0, stream>>>(count, t, splits, mass_ws,
-                                                                                              mass);
+  const int64_t entries = in.batch * t;
+  mass_merge_kernel<<<static_cast<unsigned>(ceil_div(entries, kThreads)), kThreads, 0, stream>>>(
+      entries, t, splits, mass_ws, count_ws, mass, count);
   return cudaGetLastError();
 }
 
-cudaError_t collab_gumbel_argmax(const CollabInputs& in, const float* threshold, const int64_t* keys, int splits,
-                                 uint64_t* best_ws, int64_t* ids, float* z, cudaStream_t stream) {
+cudaError_t collab_gumbel_argmax(const CollabInputs& in, const float* threshold, const int64_t* id_cut,
+                                 const int64_t* keys, int splits, uint64_t* best_ws, int64_t* ids, float* z,
+                                 cudaStream_t stream) {
   int blocks, chunk;
   if (!valid(in) || !split_grid(in, splits, blocks, chunk)) return cudaErrorInvalidValue;
   if (in.batch == 0) return cudaSuccess;
   ulonglong2* ws = reinterpret_cast<ulonglong2*>(best_ws);
-  gumbel_split_kernel<<<blocks, kThreads, 0, stream>>>(in, threshold, keys, splits, chunk, ws);
+  gumbel_split_kernel<<<blocks, kThreads, 0, stream>>>(in, threshold, id_cut, keys, splits, chunk, ws);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   gumbel_merge_kernel<<<static_cast<unsigned>(ceil_div(in.batch, kThreads)), kThreads, 0, stream>>>(in.batch, splits, ws,

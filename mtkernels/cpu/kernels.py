@@ -1,8 +1,9 @@
 """The cpu backend: C++ kernels from csrc/cpu, built into ``mtkernels._C``.
 
-The four collab primitives are thin wrappers around ``torch.ops.mtkernels_cpu.*`` (registered by
-the extension); arguments are already checked by ``mtkernels.ops``, the C++ side re-checks the
-basic preconditions.
+The four collab primitives (mtkernels/ops/collab_sampling.py) are thin wrappers around
+``torch.ops.mtkernels_cpu.*`` (registered by the extension); arguments are already checked by
+``mtkernels.ops``, the C++ side re-checks the basic preconditions. ``logits`` raises ValueError when
+a finite input overflows float32 (csrc/cpu/collab.h).
 """
 
 from __future__ import annotations
@@ -23,22 +24,22 @@ else:
     UNAVAILABLE_REASON = None
 
 
-def topk(logits, scaled_weights, vocab_size, k):
-    return torch.ops.mtkernels_cpu.collab_topk(list(logits), scaled_weights, int(vocab_size), int(k))
+def topk(logits, weights, temperature, vocab_size, k):
+    return torch.ops.mtkernels_cpu.collab_topk(list(logits), weights, temperature, int(vocab_size), int(k))
 
 
-def logits(logits, scaled_weights, vocab_size):  # noqa: F811  (the primitive's name)
-    return torch.ops.mtkernels_cpu.collab_logits(list(logits), scaled_weights, int(vocab_size))
+def logits(logits, weights, temperature, vocab_size):  # noqa: F811  (the primitive's name)
+    return torch.ops.mtkernels_cpu.collab_logits(list(logits), weights, temperature, int(vocab_size))
 
 
-def threshold_mass(logits, scaled_weights, vocab_size, thresholds, lse):
-    return torch.ops.mtkernels_cpu.collab_threshold_mass(list(logits), scaled_weights, int(vocab_size),
-                                                         thresholds, lse)
+def threshold_mass(logits, weights, temperature, vocab_size, thresholds, lse, id_cuts=None):
+    return torch.ops.mtkernels_cpu.collab_threshold_mass(list(logits), weights, temperature, int(vocab_size),
+                                                         thresholds, id_cuts, lse)
 
 
-def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
-    return torch.ops.mtkernels_cpu.collab_gumbel_argmax(list(logits), scaled_weights, int(vocab_size),
-                                                        threshold, keys)
+def gumbel_argmax(logits, weights, temperature, vocab_size, threshold, keys, id_cut=None):
+    return torch.ops.mtkernels_cpu.collab_gumbel_argmax(list(logits), weights, temperature, int(vocab_size),
+                                                        threshold, id_cut, keys)
 
 
 if UNAVAILABLE_REASON is None:

@@ -23,24 +23,26 @@ else:
     UNAVAILABLE_REASON = None
 
 
-def topk(logits, scaled_weights, vocab_size, k):
+def topk(logits, weights, temperature, vocab_size, k):
     if k > MAX_FUSED_TOP_K:
-        z = torch.ops.mtkernels_cuda.collab_logits(list(logits), scaled_weights, vocab_size)
+        z = torch.ops.mtkernels_cuda.collab_logits(list(logits), weights, temperature, vocab_size)
         values, ids = torch.sort(z, dim=1, descending=True, stable=True)
         return values[:, :k].contiguous(), ids[:, :k].contiguous(), torch.logsumexp(z, dim=1)
-    return torch.ops.mtkernels_cuda.collab_topk(list(logits), scaled_weights, vocab_size, k)
+    return torch.ops.mtkernels_cuda.collab_topk(list(logits), weights, temperature, vocab_size, k)
 
 
-def logits(logits, scaled_weights, vocab_size):
-    return torch.ops.mtkernels_cuda.collab_logits(list(logits), scaled_weights, vocab_size)
+def logits(logits, weights, temperature, vocab_size):
+    return torch.ops.mtkernels_cuda.collab_logits(list(logits), weights, temperature, vocab_size)
 
 
-def threshold_mass(logits, scaled_weights, vocab_size, thresholds, lse):
-    return torch.ops.mtkernels_cuda.collab_threshold_mass(list(logits), scaled_weights, vocab_size, thresholds, lse)
+def threshold_mass(logits, weights, temperature, vocab_size, thresholds, lse, id_cuts=None):
+    return torch.ops.mtkernels_cuda.collab_threshold_mass(list(logits), weights, temperature, vocab_size, thresholds,
+                                                          id_cuts, lse)
 
 
-def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
-    return torch.ops.mtkernels_cuda.collab_gumbel_argmax(list(logits), scaled_weights, vocab_size, threshold, keys)
+def gumbel_argmax(logits, weights, temperature, vocab_size, threshold, keys, id_cut=None):
+    return torch.ops.mtkernels_cuda.collab_gumbel_argmax(list(logits), weights, temperature, vocab_size, threshold,
+                                                         id_cut, keys)
 
 
 register_kernels("cuda", "collab", topk=topk, logits=logits, threshold_mass=threshold_mass, gumbel_argmax=gumbel_argmax)
@@ -49,7 +51,7 @@ register_kernels("cuda", "collab", topk=topk, logits=logits, threshold_mass=thre
 def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, temperature, ignore_index, vocab,
             compute_grad):
     """(loss, d, is_hard) per row; overwrites ``student`` with the gradient if ``compute_grad``
-    (contract: /work/notes/kd_contract.md, definition: ``kd_rows`` in mtkernels/reference/kernels.py)."""
+    (contract: docs/kd.md, definition: ``kd_rows`` in mtkernels/reference/kernels.py)."""
     return torch.ops.mtkernels_cuda.kd_rows(student, teacher, labels, hard, grad_scale, int(mode), float(lam),
                                             float(beta), float(gamma), float(temperature), int(ignore_index),
                                             int(vocab), bool(compute_grad))

@@ -1,4 +1,11 @@
-"""Checking and normalising the arguments of the collab ops, before any kernel runs."""
+"""Checking and normalising the arguments of the collab ops, before any kernel runs.
+
+Scalars are checked here, as the kernels will see them: in float32. Tensor arguments get their
+shape, dtype and device checked here; their values are checked by the op body when they are on
+the CPU (so the checks also run in code compiled by ``torch.compile``, where this module's Python
+runs only while tracing), and here in eager mode otherwise (one device sync; under ``torch.compile``
+the op body marks the rows of invalid GPU values instead, as it marks rows with no distribution).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,8 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import List, Optional, Union
+import struct
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -14,13 +22,17 @@ Tensor = torch.Tensor
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_TOP_K = 1024  # widest candidate list the fused top-k path is tuned and tested for
 
+# Tensor parameters whose values the op body still has to check: the bits of the ops' `unchecked`.
+CHECK_WEIGHTS, CHECK_TEMPERATURE, CHECK_TOP_P, CHECK_MIN_P = 1, 2, 4, 8
+
 
 @dataclasses.dataclass
 class CollabInputs:
     logits: List[Tensor]  # M tensors (B, V_m), unit stride along the vocabulary
-    weights: Tensor  # (B, M) float32
-    temperature: Tensor  # (B,) float32
+    weights: Tensor  # (B, M) floating point, on the logits' device
+    temperature: Tensor  # (B,) floating point, on the logits' device
     vocab_size: int
+    unchecked: int  # CHECK_* bits of weights / temperature
 
     @property
     def batch(self) -> int:
@@ -29,6 +41,90 @@ class CollabInputs:
     @property
     def device(self) -> torch.device:
         return self.logits[0].device
+
+
+def float32_value(value: float) -> float:
+    """``value`` rounded to float32 (±inf past its range), as the kernels see it."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def is_finite(t):
+    """Elementwise, for Python numbers and tensors alike (range checks are written once for both)."""
+    return (t == t) & (abs(t) < math.inf)
+
+
+# name -> (what a valid value is, predicate on (value, value in float32)); the predicates work on
+# Python floats and on tensors alike.
+RANGES: Dict[str, Tuple[str, Callable]] = {
+    "weights": ("finite in float32 (and not 0 there unless 0)", lambda v, v32: is_finite(v32) & ((v32 != 0) | (v == 0))),
+    "temperature": ("finite and > 0 in float32", lambda v, v32: is_finite(v32) & (v32 > 0)),
+    "top_p": ("in (0, 1] (in float32)", lambda v, v32: (v32 > 0) & (v32 <= 1)),
+    "min_p": ("in [0, 1) (in float32)", lambda v, v32: (v32 >= 0) & (v32 < 1)),
+}
+_CHECK_BITS = {"weights": CHECK_WEIGHTS, "temperature": CHECK_TEMPERATURE, "top_p": CHECK_TOP_P, "min_p": CHECK_MIN_P}
+
+
+def _scalar_hint(value: float, v32: float) -> str:
+    if math.isfinite(value) and not math.isfinite(v32):
+        return f" ({value!r} overflows float32)"
+    if value != 0 and v32 == 0:
+        return f" ({value!r} is 0 in float32)"
+    return ""
+
+
+def check_scalar(name: str, value) -> float:
+    """A Python number argument as the float32 value the kernels will use; raises if out of range."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name}: expected a float or a (B,) tensor, got {type(value).__name__}")
+    value = float(value)
+    v32 = float32_value(value)
+    expected, ok = RANGES[name]
+    if not ok(value, v32):
+        raise ValueError(f"{name}: must be {expected}, got {value!r}{_scalar_hint(value, v32)}")
+    return v32
+
+
+def bad_rows(name: str, value: Tensor) -> Tensor:
+    """``(B,)`` bool: rows of a ``(B,)`` or ``(B, M)`` parameter tensor out of its range in float32."""
+    ok = RANGES[name][1](value, value.to(torch.float32))
+    return ~(ok if ok.dim() == 1 else ok.all(1))
+
+
+def _raise_bad_rows(name: str, bad: Tensor) -> None:
+    rows = bad.nonzero().flatten().tolist()
+    raise ValueError(f"{name}: every value must be {RANGES[name][0]}; rows {rows[:10]}{'...' if len(rows) > 10 else ''} "
+                     f"are not")
+
+
+def check_in_op(unchecked: int, **params: Optional[Tensor]) -> Optional[Tensor]:
+    """The op body's value checks of the tensor parameters whose ``unchecked`` bit is set. CPU
+    tensors: raise ValueError naming the parameter. GPU tensors (no host sync): returns the
+    ``(B,)`` mask of invalid rows, for the caller to mark, or None when nothing is checked."""
+    invalid = None
+    for name, value in params.items():
+        if value is None or not unchecked & _CHECK_BITS[name]:
+            continue
+        bad = bad_rows(name, value)
+        if value.device.type == "cpu":
+            if bool(bad.any()):
+                _raise_bad_rows(name, bad)
+        else:
+            invalid = bad if invalid is None else invalid | bad
+    return invalid
+
+
+def _checked_here(name: str, value: Tensor, device: torch.device) -> bool:
+    """Eager mode: checks a parameter tensor now unless the op body will (tensor and logits on the
+    CPU). Returns True when it did."""
+    if torch.compiler.is_compiling() or (value.device.type == "cpu" and device.type == "cpu"):
+        return False
+    bad = bad_rows(name, value)  # before the copy to the GPU; a GPU tensor costs one sync
+    if bool(bad.any()):
+        _raise_bad_rows(name, bad)
+    return True
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,17 +186,25 @@ def normalize_vocab_size(vocab_size: Optional[int], logits: List[Tensor]) -> int
     return int(vocab_size)
 
 
-def normalize_weights(weights, num_models: int, batch: int, device: torch.device) -> Tensor:
+def normalize_weights(weights, num_models: int, batch: int, device: torch.device) -> Tuple[Tensor, int]:
+    """``((B, M) weights on the logits' device, unchecked bits)``."""
     if weights is None:
         weights = [1.0] * num_models
-    if _is_tensor(weights):
-        w = weights
-    elif isinstance(weights, (list, tuple)) and all(isinstance(v, numbers.Real) for v in weights):
-        if len(weights) != num_models or not all(math.isfinite(v) for v in weights):
-            raise ValueError(f"weights: expected {num_models} finite floats, got {list(weights)}")
-        return constant_rows(tuple(float(v) for v in weights), batch, device, torch.float32)
-    else:
-        raise TypeError("weights: expected M floats, a (M,) tensor or a (B, M) tensor")
+    if isinstance(weights, (list, tuple)) and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                  for v in weights):
+        if len(weights) != num_models:
+            raise ValueError(f"weights: expected {num_models} floats (one per model), got {len(weights)}: {list(weights)}")
+        values = []
+        for m, v in enumerate(weights):
+            v32 = float32_value(float(v))
+            if not RANGES["weights"][1](float(v), v32):
+                raise ValueError(f"weights: every weight must be {RANGES['weights'][0]}; weights[{m}] = {v!r}"
+                                 f"{_scalar_hint(float(v), v32)}")
+            values.append(v32)
+        return constant_rows(tuple(values), batch, device, torch.float32), 0
+    if not _is_tensor(weights):
+        raise TypeError(f"weights: expected M floats, a (M,) tensor or a (B, M) tensor, got {type(weights).__name__}")
+    w = weights
     if not w.is_floating_point():
         raise TypeError(f"weights: expected a floating-point tensor, got {w.dtype}")
     if w.dim() == 1 and w.shape[0] == num_models:
@@ -110,64 +214,50 @@ def normalize_weights(weights, num_models: int, batch: int, device: torch.device
                          f"models and batch B={batch}, got {tuple(w.shape)}")
     if w.device.type != "cpu" and w.device != device:
         raise ValueError(f"weights: on {w.device}, but logits are on {device}")
-    _check_values(w, "weights", is_finite, "finite")  # before the copy to the GPU
-    return w.to(device=device, dtype=torch.float32).contiguous()
+    checked = _checked_here("weights", w, device)
+    return w.to(device=device), 0 if checked else CHECK_WEIGHTS
 
 
-def is_finite(t):
-    """Elementwise, for Python numbers and tensors alike (range checks are written once for both)."""
-    return (t == t) & (abs(t) < math.inf)
+def per_row_tensor(value: Tensor, name: str, batch: int, device: torch.device, floating: bool) -> Tensor:
+    """A scalar or ``(B,)`` tensor parameter as ``(B,)`` on ``device`` (dtype kept), shape-checked."""
+    if value.dim() == 0:
+        value = value.reshape(1).expand(batch)
+    if value.dim() != 1 or value.shape[0] != batch:
+        raise ValueError(f"{name}: expected a scalar or a ({batch},) tensor, got shape {tuple(value.shape)}")
+    if floating != value.is_floating_point() or value.dtype == torch.bool:
+        raise TypeError(f"{name}: expected a{' floating-point' if floating else 'n integer'} tensor, got {value.dtype}")
+    if value.device.type != "cpu" and value.device != device:
+        raise ValueError(f"{name}: on {value.device}, but logits are on {device}")
+    return value.to(device=device)
 
 
-def _check_values(t: Tensor, name: str, ok, expected: str) -> None:
-    """Range check of a tensor argument with an elementwise predicate ``ok``. For a CUDA tensor
-    this costs one device sync; scalar arguments (the common case) never do."""
-    if torch.compiler.is_compiling():
-        return
-    if not bool(ok(t).all()):
-        raise ValueError(f"{name}: every value must be {expected}")
-
-
-def per_row(value, name: str, batch: int, device: torch.device, dtype, check, expected: str) -> Tensor:
-    """A scalar or a (B,) tensor as a (B,) tensor of ``dtype`` on ``device``, range-checked."""
+def float_param(value, name: str, batch: int, device: torch.device) -> Tuple[Tensor, int]:
+    """temperature / top_p / min_p: ``((B,) tensor on device, unchecked bit)``. Scalars are checked
+    here and become float32; tensors keep their dtype until the op body converts them."""
     if _is_tensor(value):
-        if value.dim() == 0:
-            value = value.reshape(1).expand(batch)
-        if value.dim() != 1 or value.shape[0] != batch:
-            raise ValueError(f"{name}: expected a scalar or a ({batch},) tensor, got shape {tuple(value.shape)}")
-        if dtype.is_floating_point != value.is_floating_point() or value.dtype == torch.bool:
-            kind = "floating-point" if dtype.is_floating_point else "integer"
-            raise TypeError(f"{name}: expected an {kind} tensor, got {value.dtype}")
-        if value.device.type != "cpu" and value.device != device:
-            raise ValueError(f"{name}: on {value.device}, but logits are on {device}")
-        _check_values(value.to(dtype), name, check, expected)  # before the copy to the GPU
-        return value.to(device=device, dtype=dtype)
-    want = numbers.Real if dtype.is_floating_point else numbers.Integral
-    if not isinstance(value, want) or isinstance(value, bool):
-        raise TypeError(f"{name}: expected a {'float' if dtype.is_floating_point else 'int'} or a ({batch},) tensor, "
-                        f"got {type(value).__name__}")
-    if not bool(check(value)):
-        raise ValueError(f"{name}: must be {expected}, got {value}")
-    return constant_rows(value, batch, device, dtype)
+        value = per_row_tensor(value, name, batch, device, floating=True)
+        return value, 0 if _checked_here(name, value, device) else _CHECK_BITS[name]
+    return constant_rows(check_scalar(name, value), batch, device, torch.float32), 0
 
 
 def collab_inputs(logits, weights, temperature, vocab_size) -> CollabInputs:
     xs = normalize_logits(logits)
     batch, device = xs[0].shape[0], xs[0].device
     v = normalize_vocab_size(vocab_size, xs)
-    w = normalize_weights(weights, len(xs), batch, device)
-    tau = per_row(temperature, "temperature", batch, device, torch.float32,
-                  lambda t: is_finite(t) & (t > 0), "finite and > 0")
-    return CollabInputs(xs, w, tau, v)
+    w, w_unchecked = normalize_weights(weights, len(xs), batch, device)
+    tau, tau_unchecked = float_param(temperature, "temperature", batch, device)
+    return CollabInputs(xs, w, tau, v, w_unchecked | tau_unchecked)
 
 
 def top_k_arg(top_k: Union[int, Tensor], batch: int, vocab_size: int, device, allow_zero: bool):
-    """``(per-row (B,) int64, K = the candidate width)``. Per-row values must all be >= 1."""
+    """``(per-row (B,) int64, K = the candidate width)``. Per-row values must all be >= 1. A tensor
+    is checked here (its max, the candidate width, is read on the host anyway)."""
     low = 0 if allow_zero else 1
     if _is_tensor(top_k):
-        rows = per_row(top_k, "top_k", batch, device, torch.int64,
-                       lambda t: (t >= 1) & (t <= vocab_size),
-                       f"in [1, vocab size {vocab_size}] (turn top-k off for a whole batch with top_k=0)")
+        rows = per_row_tensor(top_k, "top_k", batch, device, floating=False).to(torch.int64)
+        if not torch.compiler.is_compiling() and not bool(((rows >= 1) & (rows <= vocab_size)).all()):
+            raise ValueError(f"top_k: every value must be in [1, vocab size {vocab_size}] "
+                             f"(turn top-k off for a whole batch with top_k=0)")
         # The candidate width is a shape, so a per-row tensor costs one read of its max.
         return rows, int(rows.max())
     if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool):
@@ -178,9 +268,15 @@ def top_k_arg(top_k: Union[int, Tensor], batch: int, vocab_size: int, device, al
     return constant_rows(int(top_k), batch, device, torch.int64), int(top_k)
 
 
-def is_off(value, off: float) -> bool:
-    """True when a filter parameter is a Python scalar equal to its 'off' value."""
-    return not _is_tensor(value) and float(value) == off
+def filter_param(value, name: str, off: float, batch: int, device: torch.device) -> Tuple[Optional[Tensor], int]:
+    """top_p / min_p: ``(None, 0)`` when it is the Python scalar meaning "off", else as float_param."""
+    if not _is_tensor(value):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected a float {RANGES[name][0]} or a ({batch},) tensor, "
+                            f"got {type(value).__name__}")
+        if float(value) == off:
+            return None, 0
+    return float_param(value, name, batch, device)
 
 
 def check_generator(generator: Optional[torch.Generator], device: torch.device) -> None:
@@ -191,4 +287,3 @@ def check_generator(generator: Optional[torch.Generator], device: torch.device) 
         # same tokens on every device); a GPU generator must be on the logits' device type.
         if generator.device.type not in ("cpu", device.type):
             raise ValueError(f"generator: on {generator.device}, but logits are on {device}")
-

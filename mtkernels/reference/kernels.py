@@ -1,8 +1,9 @@
 """The reference backend: the spec functions, plus the collab kernel primitives built on them.
 
 The primitives (``topk``, ``logits``, ``threshold_mass``, ``gumbel_argmax``) are what the fused
-backends implement; the reference versions here are their definitions, used by the kernel tests.
-They take ``scaled_weights (B, M) = weights / temperature``.
+backends implement (mtkernels/ops/collab_sampling.py); the reference versions here are their
+definitions, used by the kernel tests. They take ``weights (B, M)`` and ``temperature (B,)``
+float32 and compute ``z`` as float32 of the reference's float64 combined logits.
 """
 
 from __future__ import annotations
@@ -14,32 +15,43 @@ from ..gumbel import gumbel_noise
 from . import collab
 
 
-def scaled_combined_logits(logits, scaled_weights, vocab_size):
-    ones = torch.ones(scaled_weights.shape[0], dtype=torch.float32, device=scaled_weights.device)
-    return collab.combined_logits(logits, scaled_weights, ones, vocab_size)
+def _z(logits, weights, temperature, vocab_size):
+    return collab.combined_logits(logits, weights, temperature, vocab_size).float()
 
 
-def topk(logits, scaled_weights, vocab_size, k):
-    z = scaled_combined_logits(logits, scaled_weights, vocab_size)
+def in_keep_set(z, theta, cut):
+    """``(B, T, V)`` bool: token j is in the keep set of ``(theta[b, t], cut[b, t])``, i.e.
+    ``z_j > theta`` or ``z_j == theta and j <= cut`` (``cut`` None: every tie). NaN keeps nothing."""
+    z = z.unsqueeze(1)
+    ids = torch.arange(z.shape[-1], device=z.device)
+    at = z == theta.unsqueeze(2)
+    if cut is not None:
+        at &= ids <= cut.unsqueeze(2)
+    return (z > theta.unsqueeze(2)) | at
+
+
+def topk(logits, weights, temperature, vocab_size, k):
+    z = collab.combined_logits(logits, weights, temperature, vocab_size)
     values, ids = collab.sort_descending(z)
     return values[:, :k].float(), ids[:, :k], torch.logsumexp(z, dim=-1).float()
 
 
-def logits(logits, scaled_weights, vocab_size):
-    return scaled_combined_logits(logits, scaled_weights, vocab_size).float()
+def logits(logits, weights, temperature, vocab_size):
+    return _z(logits, weights, temperature, vocab_size)
 
 
-def threshold_mass(logits, scaled_weights, vocab_size, thresholds, lse):
-    z = scaled_combined_logits(logits, scaled_weights, vocab_size).float()
+def threshold_mass(logits, weights, temperature, vocab_size, thresholds, lse, id_cuts=None):
+    z = _z(logits, weights, temperature, vocab_size)
     p = torch.exp(z - lse.unsqueeze(1))
-    above = z.unsqueeze(1) >= thresholds.unsqueeze(2)  # (B, T, V)
-    return (above * p.unsqueeze(1)).sum(-1)
+    keep = in_keep_set(z, thresholds, id_cuts)  # (B, T, V)
+    return (keep * p.unsqueeze(1)).sum(-1), keep.sum(-1)
 
 
-def gumbel_argmax(logits, scaled_weights, vocab_size, threshold, keys):
-    z = scaled_combined_logits(logits, scaled_weights, vocab_size).float()
+def gumbel_argmax(logits, weights, temperature, vocab_size, threshold, keys, id_cut=None):
+    z = _z(logits, weights, temperature, vocab_size)
     ids = torch.arange(z.shape[1], device=z.device).expand_as(z)
-    perturbed = (z + gumbel_noise(keys, ids)).masked_fill(z < threshold.unsqueeze(1), float("-inf"))
+    keep = in_keep_set(z, threshold.unsqueeze(1), None if id_cut is None else id_cut.unsqueeze(1)).squeeze(1)
+    perturbed = (z + gumbel_noise(keys, ids)).masked_fill(~keep, float("-inf"))
     token = collab.sort_descending(perturbed)[1][:, 0]
     return token, z.gather(1, token.unsqueeze(1)).squeeze(1)
 

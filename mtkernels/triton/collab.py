@@ -3,8 +3,9 @@
 Every kernel runs on a ``(B, S)`` grid: program ``(b, s)`` owns one power-of-two tile of row b's
 vocabulary, ``[s * TILE, (s + 1) * TILE)``, computes the combined logits ``z`` of that tile once
 (``combined_logits_tile``, shared so that z is bit-identical in all four kernels), and writes a
-small partial result: (max, sum-exp) and its k best tokens for ``topk``, one mass per threshold
-for ``threshold_mass``, one perturbed arg-max for ``gumbel_argmax``. The launcher merges the
+small partial result: (max, sum-exp) and its k best tokens for ``topk``, one mass and token count
+per keep set for ``threshold_mass``, one perturbed arg-max for ``gumbel_argmax``. A keep set
+``(theta, cut)`` keeps ``z > theta``, and ``z == theta`` for ids ``<= cut``. The launcher merges the
 ``S`` partials of a row with a few torch ops on ``(B, S)`` / ``(B, S * k)`` tensors. When B is
 small the tiles shrink so that the ``B * S`` programs still fill the GPU.
 
@@ -39,12 +40,12 @@ _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 # --- shared device helpers -----------------------------------------------------------------------
 
 @triton.jit
-def _add_model(acc, masked, x_ptr, row_stride, sw_ptr, row, m: tl.constexpr, cols, V,
+def _add_model(acc, masked, x_ptr, row_stride, w_ptr, row, m: tl.constexpr, cols, V,
                NUM_MODELS: tl.constexpr):
-    """acc += sw[row, m] * x_m[row, cols]; -inf entries add 0 and are recorded in ``masked``.
+    """acc += w[row, m] * x_m[row, cols]; -inf entries add 0 and are recorded in ``masked``.
     Columns past V read as -inf, so they end up masked too."""
     x = tl.load(x_ptr + row * row_stride + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-    w = tl.load(sw_ptr + row * NUM_MODELS + m)
+    w = tl.load(w_ptr + row * NUM_MODELS + m)
     is_masked = x == float("-inf")
     # float64: the product of two floats is exact, so each step rounds once (fma or not)
     acc = acc + w.to(tl.float64) * tl.where(is_masked, 0.0, x).to(tl.float64)
@@ -52,26 +53,51 @@ def _add_model(acc, masked, x_ptr, row_stride, sw_ptr, row, m: tl.constexpr, col
 
 
 @triton.jit
-def combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, row, cols, V,
-                         NUM_MODELS: tl.constexpr):
-    """z[row, cols] = sum_m sw[row, m] * x_m[row, cols], models in order 0..M-1; -inf where any
-    model is -inf (whatever the weight's sign) and past V; NaN propagates.
+def _divide(acc, tau, inv_tau):
+    """acc / tau correctly rounded in float64, from inv_tau = RN(1 / tau): the product, one
+    residual correction (then within one ulp: faithful), and Markstein's correction, which turns a
+    faithful quotient into the correctly rounded one (the residuals acc - q * tau are exact in an
+    fma). Unlike div.rn.f64 this needs no slow-path call. A non-finite acc keeps acc * inv_tau."""
+    tau = tau.to(tl.float64)
+    q = acc * inv_tau
+    q = tl.fma(tl.fma(-q, tau, acc), inv_tau, q)
+    q = tl.fma(tl.fma(-q, tau, acc), inv_tau, q)
+    return tl.where(q == q, q, acc * inv_tau)  # recomputed: keeping the first product live costs registers
 
-    The sum runs in float64 (at least the fp32 the spec asks for) and is rounded to float32
-    once: z is then float32(exact-order float64 sum), bit-identical to the reference's float32
-    z and to the cpu backend's, so thresholds taken from any backend's z select the same tokens.
-    Starting from +0.0 turns a -0.0 product into +0.0, so z == 0 has one bit pattern."""
+
+@triton.jit
+def combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, row, cols, V,
+                         NUM_MODELS: tl.constexpr):
+    """z[row, cols] = (sum_m w[row, m] * x_m[row, cols]) / tau[row], models in order 0..M-1;
+    -inf where any model is -inf (whatever the weight's sign) and past V; NaN propagates.
+
+    The sum runs in float64 (each product exact), is divided by tau in float64 (correctly
+    rounded, _divide) and rounded to float32 once: z is
+    then float32 of the reference's float64 z, bit-identical to the cpu backend's, so thresholds
+    taken from any backend's z select the same tokens. Starting from +0.0 turns a -0.0 product
+    into +0.0, so z == 0 has one bit pattern."""
     row = row.to(tl.int64)
     acc = tl.zeros(cols.shape, tl.float64)
     masked = cols >= V
-    acc, masked = _add_model(acc, masked, x0, st0, sw_ptr, row, 0, cols, V, NUM_MODELS)
+    acc, masked = _add_model(acc, masked, x0, st0, w_ptr, row, 0, cols, V, NUM_MODELS)
     if NUM_MODELS > 1:
-        acc, masked = _add_model(acc, masked, x1, st1, sw_ptr, row, 1, cols, V, NUM_MODELS)
+        acc, masked = _add_model(acc, masked, x1, st1, w_ptr, row, 1, cols, V, NUM_MODELS)
     if NUM_MODELS > 2:
-        acc, masked = _add_model(acc, masked, x2, st2, sw_ptr, row, 2, cols, V, NUM_MODELS)
+        acc, masked = _add_model(acc, masked, x2, st2, w_ptr, row, 2, cols, V, NUM_MODELS)
     if NUM_MODELS > 3:
-        acc, masked = _add_model(acc, masked, x3, st3, sw_ptr, row, 3, cols, V, NUM_MODELS)
+        acc, masked = _add_model(acc, masked, x3, st3, w_ptr, row, 3, cols, V, NUM_MODELS)
+    # Unconditional (exact for tau == 1 too): a branch on tau keeps two float64 tiles live and spills
+    # the widest top-k variant; five float64 fmas per element are far below the memory-bound rate.
+    acc = _divide(acc, tl.load(tau_ptr + row), tl.load(inv_tau_ptr + row))
     return tl.where(masked, float("-inf"), acc.to(tl.float32))
+
+
+@triton.jit
+def in_keep_set(z, cols, theta, cut, V):
+    """The tile's tokens in the keep set (theta, cut); a NaN theta keeps nothing. The cut (int64)
+    is clamped to [-1, V - 1], so the comparison runs on the int32 column ids."""
+    cut = tl.minimum(tl.maximum(cut, -1), V - 1).to(tl.int32)
+    return (z > theta) | ((z == theta) & (cols <= cut))
 
 
 @triton.jit
@@ -131,7 +157,7 @@ def gumbel_noise(key, cols):
 # --- kernels ---------------------------------------------------------------------------------------
 
 @triton.jit
-def collab_topk_kernel(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, V, k,
+def collab_topk_kernel(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, V, k,
                        cand_ptr, part_max_ptr, part_sum_ptr,
                        NUM_MODELS: tl.constexpr, TILE: tl.constexpr, K_PAD: tl.constexpr,
                        BITONIC: tl.constexpr):
@@ -142,7 +168,7 @@ def collab_topk_kernel(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, V, k,
     split = tl.program_id(1)
     part = row.to(tl.int64) * tl.num_programs(1) + split
     cols = split * TILE + tl.arange(0, TILE)
-    z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, row, cols, V, NUM_MODELS)
+    z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, row, cols, V, NUM_MODELS)
     m, s = tile_max_sumexp(z)
     tl.store(part_max_ptr + part, m)
     tl.store(part_sum_ptr + part, s)
@@ -158,46 +184,56 @@ def collab_topk_kernel(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, V, k,
 
 
 @triton.jit
-def collab_logits_kernel(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, V, out_ptr,
+def collab_logits_kernel(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, V, out_ptr,
                          NUM_MODELS: tl.constexpr, TILE: tl.constexpr):
     """out[b, :V] = z[b, :V] (contiguous)."""
     row = tl.program_id(0)
     cols = tl.program_id(1) * TILE + tl.arange(0, TILE)
-    z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, row, cols, V, NUM_MODELS)
+    z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, row, cols, V, NUM_MODELS)
     tl.store(out_ptr + row.to(tl.int64) * V + cols, z, mask=cols < V)
 
 
 @triton.jit
-def collab_threshold_mass_kernel(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, V,
-                                 thr_ptr, lse_ptr, T, part_ptr,
+def collab_threshold_mass_kernel(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, V,
+                                 thr_ptr, cut_ptr, active_ptr, lse_ptr, T, mass_ptr, count_ptr,
                                  NUM_MODELS: tl.constexpr, TILE: tl.constexpr):
-    """part[b, s, t] = sum over the tile of exp(z - lse[b]) where z >= thresholds[b, t]."""
+    """mass[b, s, t] / count[b, s, t] = sum of exp(z - lse[b]) / number of the tile's tokens in the
+    keep set (thresholds[b, t], cuts[b, t]). Rows with active[b] == 0 (every threshold NaN) are not
+    read: their partials are 0."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     part = row.to(tl.int64) * tl.num_programs(1) + split
-    cols = split * TILE + tl.arange(0, TILE)
-    z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, row, cols, V, NUM_MODELS)
-    p = tl.exp(z - tl.load(lse_ptr + row))
-    # the tile stays in registers and each threshold is one masked reduction over it
-    # (a (T, TILE) block would cost T times the registers)
-    for t in range(T):
-        theta = tl.load(thr_ptr + row.to(tl.int64) * T + t)
-        tl.store(part_ptr + part * T + t, tl.sum(tl.where(z >= theta, p, 0.0), axis=0))
+    if tl.load(active_ptr + row) != 0:
+        cols = split * TILE + tl.arange(0, TILE)
+        z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, row, cols, V, NUM_MODELS)
+        p = tl.exp(z - tl.load(lse_ptr + row))
+        # the tile stays in registers and each threshold is one masked reduction over it
+        # (a (T, TILE) block would cost T times the registers)
+        for t in range(T):
+            theta = tl.load(thr_ptr + row.to(tl.int64) * T + t)
+            cut = tl.load(cut_ptr + row.to(tl.int64) * T + t)
+            keep = in_keep_set(z, cols, theta, cut, V)
+            tl.store(mass_ptr + part * T + t, tl.sum(tl.where(keep, p, 0.0), axis=0))
+            tl.store(count_ptr + part * T + t, tl.sum(keep.to(tl.int32), axis=0))
+    else:
+        for t in range(T):
+            tl.store(mass_ptr + part * T + t, 0.0)
+            tl.store(count_ptr + part * T + t, 0)
 
 
 @triton.jit
-def collab_gumbel_argmax_kernel(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, V,
-                                thr_ptr, keys_ptr, best_ptr, best_z_ptr,
+def collab_gumbel_argmax_kernel(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, V,
+                                thr_ptr, cut_ptr, keys_ptr, best_ptr, best_z_ptr,
                                 NUM_MODELS: tl.constexpr, TILE: tl.constexpr):
-    """Per tile: the rank key of the best z + G among z >= threshold[b] (others count as -inf,
-    so an empty tile loses to any eligible token elsewhere), and that token's z."""
+    """Per tile: the rank key of the best z + G over the keep set (threshold[b], cut[b]) (others
+    count as -inf, so an empty tile loses to any eligible token elsewhere), and that token's z."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     part = row.to(tl.int64) * tl.num_programs(1) + split
     cols = split * TILE + tl.arange(0, TILE)
-    z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, sw_ptr, row, cols, V, NUM_MODELS)
+    z = combined_logits_tile(x0, x1, x2, x3, st0, st1, st2, st3, w_ptr, tau_ptr, inv_tau_ptr, row, cols, V, NUM_MODELS)
     key = tl.load(keys_ptr + row).to(tl.uint32)  # keys are in [0, 2**32): truncation is exact
-    eligible = z >= tl.load(thr_ptr + row)
+    eligible = in_keep_set(z, cols, tl.load(thr_ptr + row), tl.load(cut_ptr + row), V)
     perturbed = tl.where(eligible, z + gumbel_noise(key, cols), float("-inf"))
     ranks = rank_keys(perturbed, cols)
     best = tl.min(ranks, axis=0)
@@ -249,8 +285,9 @@ def stream_config(vocab: int, batch: int, device: torch.device) -> Tuple[int, in
 
 # --- launchers -------------------------------------------------------------------------------------
 
-def _model_args(logits: Sequence[Tensor], sw: Tensor, vocab_size: int) -> Tuple[list, Tensor]:
-    """The 2 * MAX_MODELS pointer/row-stride arguments (unused slots repeat model 0) and sw."""
+def _model_args(logits: Sequence[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int) -> Tuple[list, Tensor]:
+    """The 2 * MAX_MODELS pointer/row-stride arguments (unused slots repeat model 0), weights,
+    temperature and its float64 reciprocal (correctly rounded, as torch divides); and the weights."""
     m = len(logits)
     if not 1 <= m <= MAX_MODELS:
         raise ValueError(f"triton collab kernels take 1 to {MAX_MODELS} models' logits, got {m}; "
@@ -264,10 +301,13 @@ def _model_args(logits: Sequence[Tensor], sw: Tensor, vocab_size: int) -> Tuple[
         xs.append(x if x.stride(1) == 1 else x.contiguous())
     ptrs = xs + [xs[0]] * (MAX_MODELS - m)
     strides = [x.stride(0) for x in xs] + [0] * (MAX_MODELS - m)
-    sw = sw.to(device=xs[0].device, dtype=torch.float32).contiguous()
-    if sw.shape != (xs[0].shape[0], m):
-        raise ValueError(f"sw: expected shape {(xs[0].shape[0], m)}, got {tuple(sw.shape)}")
-    return ptrs + strides + [sw], sw
+    weights = weights.to(device=xs[0].device, dtype=torch.float32).contiguous()
+    temperature = temperature.to(device=xs[0].device, dtype=torch.float32).contiguous()
+    if weights.shape != (xs[0].shape[0], m):
+        raise ValueError(f"weights: expected shape {(xs[0].shape[0], m)}, got {tuple(weights.shape)}")
+    if temperature.shape != (xs[0].shape[0],):
+        raise ValueError(f"temperature: expected shape {(xs[0].shape[0],)}, got {tuple(temperature.shape)}")
+    return ptrs + strides + [weights, temperature, 1.0 / temperature.double()], weights
 
 
 def rank_keys_to_values(keys: Tensor) -> Tensor:
@@ -284,12 +324,13 @@ def merge_lse(part_max: Tensor, part_sum: Tensor) -> Tensor:
     return m + torch.log(total)  # all -inf: -inf + log(0) = -inf
 
 
-def topk(logits: List[Tensor], sw: Tensor, vocab_size: int, k: int, bitonic: Optional[bool] = None):
+def topk(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, k: int,
+         bitonic: Optional[bool] = None):
     """bitonic: tl.topk (default on a GPU) or repeated min (default under the interpreter)."""
     if not 1 <= k <= min(vocab_size, MAX_K):
         raise ValueError(f"k must be in [1, min(V, {MAX_K})], got k={k} with V={vocab_size}")
-    args, sw = _model_args(logits, sw, vocab_size)
-    batch, device = sw.shape[0], sw.device
+    args, weights = _model_args(logits, weights, temperature, vocab_size)
+    batch, device = weights.shape[0], weights.device
     tile, k_pad, warps = topk_config(k, vocab_size, batch, device)
     splits = -(-vocab_size // tile)
     cand = torch.empty((batch, splits, k), dtype=torch.int64, device=device)
@@ -306,9 +347,9 @@ def topk(logits: List[Tensor], sw: Tensor, vocab_size: int, k: int, bitonic: Opt
     return rank_keys_to_values(cand), cand & 0xFFFFFFFF, merge_lse(part_max, part_sum)
 
 
-def logits(logits: List[Tensor], sw: Tensor, vocab_size: int) -> Tensor:
-    args, sw = _model_args(logits, sw, vocab_size)
-    batch, device = sw.shape[0], sw.device
+def logits(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int) -> Tensor:
+    args, weights = _model_args(logits, weights, temperature, vocab_size)
+    batch, device = weights.shape[0], weights.device
     tile, warps = stream_config(vocab_size, batch, device)
     out = torch.empty((batch, vocab_size), dtype=torch.float32, device=device)
     if batch:
@@ -317,33 +358,46 @@ def logits(logits: List[Tensor], sw: Tensor, vocab_size: int) -> Tensor:
     return out
 
 
-def threshold_mass(logits: List[Tensor], sw: Tensor, vocab_size: int, thresholds: Tensor, lse: Tensor) -> Tensor:
-    args, sw = _model_args(logits, sw, vocab_size)
-    batch, device = sw.shape[0], sw.device
+def _id_cuts(id_cuts: Optional[Tensor], like: Tensor, vocab_size: int) -> Tensor:
+    """The keep sets' id cuts as int64 shaped like the thresholds; None: every tie is kept."""
+    if id_cuts is None:
+        return torch.full(like.shape, vocab_size - 1, dtype=torch.int64, device=like.device)
+    return id_cuts.to(device=like.device, dtype=torch.int64).contiguous()
+
+
+def threshold_mass(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, thresholds: Tensor,
+                   lse: Tensor, id_cuts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    args, weights = _model_args(logits, weights, temperature, vocab_size)
+    batch, device = weights.shape[0], weights.device
     thresholds = thresholds.to(device=device, dtype=torch.float32).contiguous()
+    cuts = _id_cuts(id_cuts, thresholds, vocab_size)
+    active = (~torch.isnan(thresholds).all(dim=1)).to(torch.int8)  # rows to read
     lse = lse.to(device=device, dtype=torch.float32).contiguous()
     n_thr = thresholds.shape[1]
     tile, warps = stream_config(vocab_size, batch, device)
     splits = -(-vocab_size // tile)
-    part = torch.empty((batch, splits, n_thr), dtype=torch.float32, device=device)
+    mass = torch.empty((batch, splits, n_thr), dtype=torch.float32, device=device)
+    count = torch.empty((batch, splits, n_thr), dtype=torch.int32, device=device)
     if batch and n_thr:
-        collab_threshold_mass_kernel[(batch, splits)](*args, vocab_size, thresholds, lse, n_thr, part,
-                                                      NUM_MODELS=len(logits), TILE=tile, num_warps=warps,
+        collab_threshold_mass_kernel[(batch, splits)](*args, vocab_size, thresholds, cuts, active, lse, n_thr, mass,
+                                                      count, NUM_MODELS=len(logits), TILE=tile, num_warps=warps,
                                                       **LAUNCH_OPTIONS)
-    return part.sum(dim=1)
+    return mass.sum(dim=1), count.sum(dim=1, dtype=torch.int64)
 
 
-def gumbel_argmax(logits: List[Tensor], sw: Tensor, vocab_size: int, threshold: Tensor, keys: Tensor):
-    args, sw = _model_args(logits, sw, vocab_size)
-    batch, device = sw.shape[0], sw.device
+def gumbel_argmax(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, threshold: Tensor,
+                  keys: Tensor, id_cut: Optional[Tensor] = None):
+    args, weights = _model_args(logits, weights, temperature, vocab_size)
+    batch, device = weights.shape[0], weights.device
     threshold = threshold.to(device=device, dtype=torch.float32).contiguous()
+    cut = _id_cuts(id_cut, threshold, vocab_size)
     keys = keys.to(device=device, dtype=torch.int64).contiguous()
     tile, warps = stream_config(vocab_size, batch, device)
     splits = -(-vocab_size // tile)
     best = torch.empty((batch, splits), dtype=torch.int64, device=device)
     best_z = torch.empty((batch, splits), dtype=torch.float32, device=device)
     if batch:
-        collab_gumbel_argmax_kernel[(batch, splits)](*args, vocab_size, threshold, keys, best, best_z,
+        collab_gumbel_argmax_kernel[(batch, splits)](*args, vocab_size, threshold, cut, keys, best, best_z,
                                                      NUM_MODELS=len(logits), TILE=tile, num_warps=warps,
                                                      **LAUNCH_OPTIONS)
     pick = best.argmin(dim=1, keepdim=True)  # unique keys: the spec's tie order
@@ -352,7 +406,7 @@ def gumbel_argmax(logits: List[Tensor], sw: Tensor, vocab_size: int, threshold: 
 
 # --- ahead-of-time compile specs (tests/test_triton_aot.py) ----------------------------------------
 
-_MODEL_ARGS = ["x0", "x1", "x2", "x3", "st0", "st1", "st2", "st3", "sw_ptr", "V"]
+_MODEL_ARGS = ["x0", "x1", "x2", "x3", "st0", "st1", "st2", "st3", "w_ptr", "tau_ptr", "inv_tau_ptr", "V"]
 
 
 def _signature(kernel, dtypes: Sequence[str], extra: Dict[str, str]) -> Dict[str, str]:
@@ -360,7 +414,8 @@ def _signature(kernel, dtypes: Sequence[str], extra: Dict[str, str]) -> Dict[str
     row strides, the given extra arguments, constexprs last."""
     dtypes = list(dtypes) + [dtypes[0]] * (MAX_MODELS - len(dtypes))
     types = {f"x{i}": f"*{d}" for i, d in enumerate(dtypes)}
-    types.update({f"st{i}": "i32" for i in range(MAX_MODELS)}, sw_ptr="*fp32", V="i32", **extra)
+    types.update({f"st{i}": "i32" for i in range(MAX_MODELS)}, w_ptr="*fp32", tau_ptr="*fp32", inv_tau_ptr="*fp64",
+                 V="i32", **extra)
     return {name: types.get(name, "constexpr") for name in kernel.arg_names}
 
 
@@ -388,8 +443,9 @@ def aot_specs() -> List[dict]:
         for tile, k_pad in shapes:
             add(collab_topk_kernel, dtypes, topk_extra, _num_warps(tile, 16), TILE=tile, K_PAD=k_pad, BITONIC=True)
     stream = [(collab_logits_kernel, dict(out_ptr="*fp32"), {}),
-              (collab_threshold_mass_kernel, dict(thr_ptr="*fp32", lse_ptr="*fp32", T="i32", part_ptr="*fp32"), {}),
-              (collab_gumbel_argmax_kernel, dict(thr_ptr="*fp32", keys_ptr="*i64", best_ptr="*i64",
+              (collab_threshold_mass_kernel, dict(thr_ptr="*fp32", cut_ptr="*i64", active_ptr="*i8", lse_ptr="*fp32",
+                                                  T="i32", mass_ptr="*fp32", count_ptr="*i32"), {}),
+              (collab_gumbel_argmax_kernel, dict(thr_ptr="*fp32", cut_ptr="*i64", keys_ptr="*i64", best_ptr="*i64",
                                                  best_z_ptr="*fp32"), {})]
     for fn, extra, consts in stream:
         for dtypes, tiles in [(mixed, (512, 4096))] + [(d, (4096,)) for d in singles]:
