@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/op_schemas.h"
 #include "cuda/collab.cuh"
 
 namespace {
@@ -200,13 +201,10 @@ std::tuple<Tensor, Tensor> gumbel_argmax_op(at::TensorList logits, const Tensor&
 }  // namespace
 
 TORCH_LIBRARY(mtkernels_cuda, m) {
-  m.def("collab_topk(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size, int k)"
-        " -> (Tensor, Tensor, Tensor)");
-  m.def("collab_logits(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size) -> Tensor");
-  m.def("collab_threshold_mass(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size, Tensor thresholds,"
-        " Tensor? id_cuts, Tensor lse) -> (Tensor, Tensor)");
-  m.def("collab_gumbel_argmax(Tensor[] logits, Tensor weights, Tensor temperature, int vocab_size, Tensor threshold,"
-        " Tensor? id_cut, Tensor keys) -> (Tensor, Tensor)");
+  m.def(mtk::schema::kCollabTopk);
+  m.def(mtk::schema::kCollabLogits);
+  m.def(mtk::schema::kCollabThresholdMass);
+  m.def(mtk::schema::kCollabGumbelArgmax);
 }
 
 TORCH_LIBRARY_IMPL(mtkernels_cuda, CUDA, m) {

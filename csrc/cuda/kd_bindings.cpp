@@ -15,6 +15,7 @@
 #include <optional>
 #include <tuple>
 
+#include "common/op_schemas.h"
 #include "cuda/self_evolution_kd.cuh"
 
 namespace {
@@ -103,9 +104,7 @@ std::tuple<Tensor, Tensor, Tensor> kd_rows_op(const Tensor& student, const Tenso
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mtkernels_cuda, m) {
-  m.def("kd_rows(Tensor(a!) student, Tensor teacher, Tensor labels, Tensor? hard, Tensor grad_scale, int mode, "
-        "float lam, float beta, float gamma, float temperature, int ignore_index, int vocab, bool compute_grad)"
-        " -> (Tensor, Tensor, Tensor)");
+  m.def(mtk::schema::kKdRows);
 }
 
 TORCH_LIBRARY_IMPL(mtkernels_cuda, CUDA, m) { m.impl("kd_rows", &kd_rows_op); }
