@@ -1,4 +1,4 @@
-"""The public collab ops on every backend against the reference (SPEC §1)."""
+"""The public collab ops on every backend against the reference (docs/collab.md)."""
 
 import pytest
 import torch

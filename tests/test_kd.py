@@ -1,4 +1,4 @@
-"""The fused self-evolution KD loss family against the reference, values and gradients (SPEC §2)."""
+"""The fused self-evolution KD loss family against the reference, values and gradients (docs/kd.md)."""
 
 import pytest
 import torch
@@ -158,7 +158,7 @@ def test_reference_gradients_by_gradcheck():
 
 
 def test_reference_row_kernel_gradient_formulas_equal_autograd():
-    """SPEC §2's closed-form gradients (the row kernels' definition) against autograd on the spec."""
+    """docs/kd.md's closed-form gradients (the row kernels' definition) against autograd on the spec."""
     from mtkernels.reference import kernels as ref_kernels
 
     g = torch.Generator().manual_seed(10)

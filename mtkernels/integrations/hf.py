@@ -1,4 +1,4 @@
-"""Hugging Face integrations of the self-evolution KD loss (SPEC §2).
+"""Hugging Face integrations of the self-evolution KD loss (docs/kd.md).
 
 * :class:`SelfEvolutionKDTrainer` / :class:`SelfEvolutionKDMixin`: a ``transformers.Trainer`` whose loss is
   :func:`mtkernels.self_evolution_kd_loss` between the student being trained and a frozen teacher. Both models

@@ -1,4 +1,4 @@
-"""Collaborative decoding (SPEC §1): the public ops and their torch.library registration.
+"""Collaborative decoding (docs/collab.md): the public ops and their torch.library registration.
 
 ``z_b = (Σ_m w_bm · x_m[b, :V]) / τ_b``, ``p_b = softmax(z_b)``, then top-k → top-p → min-p and a
 token. The torch ops (namespace ``mtkernels``) take normalised tensors and a concrete backend

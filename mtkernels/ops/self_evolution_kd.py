@@ -1,4 +1,4 @@
-"""Self-evolution knowledge distillation (SPEC §2): the public loss, its torch ops and autograd.
+"""Self-evolution knowledge distillation (docs/kd.md): the public loss, its torch ops and autograd.
 
 ``mtkernels::self_evolution_kd`` computes the reduced loss and, for ``mean`` / ``sum``, the
 student's gradients in the same pass (backward only scales them). For ``none`` the per-row
@@ -214,7 +214,7 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
             ``self_evolution_topk`` ranks the rows of *this call*: with gradient accumulation or several
             processes, each micro-batch on each process picks its own ``hard_fraction`` of hard rows, so
             the choice depends on how the batch is split.
-        lam, beta, gamma, hard_fraction, temperature: SPEC §2 (λ ∈ [0,1], β ∈ (0,1], Γ ≥ 0, fraction ∈ [0,1], τ > 0).
+        lam, beta, gamma, hard_fraction, temperature: docs/kd.md (λ ∈ [0,1], β ∈ (0,1], Γ ≥ 0, fraction ∈ [0,1], τ > 0).
         reduction: ``mean`` (Σ rows / n_valid, or / ``num_items_in_batch``), ``sum`` or ``none`` (``(N,)``).
         return_stats: also return :class:`KDStats` (valid rows, hard rows, mean difficulty).
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch references: the spec (``../shared/SPEC.md``) in executable, readable form."""
+"""Plain-PyTorch references: the math of docs/collab.md and docs/kd.md in executable, readable form."""
 
 from . import collab
 

@@ -1,4 +1,4 @@
-"""Collaborative decoding, SPEC §1, in plain PyTorch: the executable form of the spec.
+"""Collaborative decoding, docs/collab.md, in plain PyTorch: the executable form of the spec.
 
 Everything here materialises the combined logits ``z (B, V)`` and sorts; it is written to be
 read, not to be fast. Arguments are already normalised by ``mtkernels.ops.collab``:

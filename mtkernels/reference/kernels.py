@@ -107,7 +107,7 @@ def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, 
 
 
 def _kd_logit_gradient(student, teacher, labels, is_hard, mode, lam, beta, temperature):
-    """SPEC §2's per-row gradient with respect to the scaled student logits s, float64 (n, V)."""
+    """docs/kd.md's per-row gradient with respect to the scaled student logits s, float64 (n, V)."""
     log_q = torch.log_softmax(student.double() / temperature, dim=1)
     log_p = torch.log_softmax(teacher.double() / temperature, dim=1)
     q, p = log_q.exp(), log_p.exp()

@@ -1,4 +1,4 @@
-"""Self-Evolution knowledge distillation and its baselines, SPEC §2, in plain PyTorch.
+"""Self-Evolution knowledge distillation and its baselines, docs/kd.md, in plain PyTorch.
 
 Materialises every (N, V) tensor and lets autograd differentiate it: the executable spec, whose
 values and gradients the fused backends are tested against. Per valid row (label g), with

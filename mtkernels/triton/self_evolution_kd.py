@@ -1,4 +1,4 @@
-"""Triton row kernel of the self-evolution KD loss (SPEC §2; contract: the reference ``kd_rows``).
+"""Triton row kernel of the self-evolution KD loss (docs/kd.md; contract: the reference ``kd_rows``).
 
 One program per row walks the row's vocabulary in BLOCK-sized tiles, up to three times:
 
