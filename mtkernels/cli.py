@@ -2,6 +2,7 @@
 
     mtkernels bench [--out DIR] [--quick] [--backend NAME] [--no-compile]
     mtkernels backends
+    mtkernels build [--cuda-arch 8.0,9.0] [--dry-run]
 
 ``bench`` times the collaborative-decoding ops on every available fused backend against the
 PyTorch chains they replace, prints one line per case as it runs and then a table, and writes
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="skip the torch.compile baseline")
     bench.add_argument("--no-kd", dest="kd", action="store_false", help="skip the self-evolution KD loss")
     commands.add_parser("backends", help="which backends can run here, and why not")
+    build = commands.add_parser("build", help="compile the C++ (and CUDA) kernels now instead of on first use")
+    build.add_argument("--cuda-arch", default=None,
+                       help="also build the CUDA kernels for these architectures, e.g. 8.0,9.0 (default: the "
+                            "visible GPUs', if any; needs a CUDA build of torch)")
+    build.add_argument("--dry-run", action="store_true", help="print what would be built, and where, and stop")
     return parser
 
 
@@ -133,12 +139,34 @@ def _bench_kd(args: argparse.Namespace) -> None:
     print(f"\nwrote {path}")
 
 
+def build(args: argparse.Namespace) -> int:
+    """Compile (or with --dry-run describe) the CPU extension and, where asked or a GPU is visible, the CUDA one."""
+    from . import jit
+
+    try:
+        plans = [jit.cpu_plan()]
+        if args.cuda_arch or torch.cuda.is_available():
+            plans.append(jit.cuda_plan(args.cuda_arch.split(",") if args.cuda_arch else None))
+    except RuntimeError as exc:
+        print(f"mtkernels build: {exc}", file=sys.stderr)
+        return 2
+    for plan in plans:
+        flags = " ".join(plan.cuda_flags if plan.name == "cuda" else plan.cflags)
+        print(f"{plan.name}: {len(plan.sources)} sources, flags {flags}\n  -> {plan.directory}")
+        if not args.dry_run:
+            jit.load(plan)
+            print("  built")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "backends":
         for name, state in mtkernels.backend_report().items():
             print(f"{name:<9} {state}")
         return 0
+    if args.command == "build":
+        return build(args)
     return bench(args)
 
 

@@ -1,4 +1,4 @@
-"""The cpu backend: C++ kernels from csrc/cpu, built into ``mtkernels._C``.
+"""The cpu backend: C++ kernels from csrc/cpu, compiled on first use (``mtkernels.jit``).
 
 The four collab primitives (mtkernels/ops/collab_sampling.py) are thin wrappers around
 ``torch.ops.mtkernels_cpu.*`` (registered by the extension); arguments are already checked by
@@ -8,38 +8,39 @@ a finite input overflows float32 (csrc/cpu/collab.h).
 
 from __future__ import annotations
 
-import warnings
+import functools
 
 import torch
 
+from .. import jit
 from ..backends import register_kernels
 
-try:
-    from .. import _C  # noqa: F401  (registers torch.ops.mtkernels_cpu.*)
-except ImportError as exc:
-    UNAVAILABLE_REASON = f"the C++ extension mtkernels._C is not built ({exc}); reinstall with a C++ compiler"
-    warnings.warn(f"mtkernels: {UNAVAILABLE_REASON}. CPU tensors fall back to the reference backend.",
-                  RuntimeWarning, stacklevel=2)
-else:
-    UNAVAILABLE_REASON = None
+UNAVAILABLE_REASON = None if jit.compiler_available() else (
+    "no C++ compiler found (set $CXX); CPU tensors use the reference backend")
+
+
+@functools.lru_cache(maxsize=None)
+def _ops():
+    """``torch.ops.mtkernels_cpu``, compiling the extension on the first call (then cached on disk)."""
+    jit.load(jit.cpu_plan())
+    return torch.ops.mtkernels_cpu
 
 
 def topk(logits, weights, temperature, vocab_size, k):
-    return torch.ops.mtkernels_cpu.collab_topk(list(logits), weights, temperature, int(vocab_size), int(k))
+    return _ops().collab_topk(list(logits), weights, temperature, int(vocab_size), int(k))
 
 
 def logits(logits, weights, temperature, vocab_size):  # noqa: F811  (the primitive's name)
-    return torch.ops.mtkernels_cpu.collab_logits(list(logits), weights, temperature, int(vocab_size))
+    return _ops().collab_logits(list(logits), weights, temperature, int(vocab_size))
 
 
 def threshold_mass(logits, weights, temperature, vocab_size, thresholds, lse, id_cuts=None):
-    return torch.ops.mtkernels_cpu.collab_threshold_mass(list(logits), weights, temperature, int(vocab_size),
-                                                         thresholds, id_cuts, lse)
+    return _ops().collab_threshold_mass(list(logits), weights, temperature, int(vocab_size), thresholds, id_cuts,
+                                        lse)
 
 
 def gumbel_argmax(logits, weights, temperature, vocab_size, threshold, keys, id_cut=None):
-    return torch.ops.mtkernels_cpu.collab_gumbel_argmax(list(logits), weights, temperature, int(vocab_size),
-                                                        threshold, id_cut, keys)
+    return _ops().collab_gumbel_argmax(list(logits), weights, temperature, int(vocab_size), threshold, id_cut, keys)
 
 
 if UNAVAILABLE_REASON is None:
@@ -51,9 +52,8 @@ def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, 
             compute_grad):
     """Self-evolution KD row kernel (csrc/cpu/self_evolution_kd.cpp); ``student`` becomes the gradient
     in place when ``compute_grad``."""
-    return torch.ops.mtkernels_cpu.kd_rows(student, teacher, labels, hard, grad_scale, int(mode), float(lam),
-                                           float(beta), float(gamma), float(temperature), int(ignore_index),
-                                           int(vocab), bool(compute_grad))
+    return _ops().kd_rows(student, teacher, labels, hard, grad_scale, int(mode), float(lam), float(beta),
+                          float(gamma), float(temperature), int(ignore_index), int(vocab), bool(compute_grad))
 
 
 if UNAVAILABLE_REASON is None:
