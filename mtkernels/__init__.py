@@ -6,6 +6,7 @@
     loss = mtkernels.self_evolution_kd_loss(h_student, lm_head_s, h_teacher, lm_head_t, labels)
 """
 
+from . import backends
 from .backends import available_backends, backend_report
 from . import nn
 from .ops.collab import CollabSoftmaxOutput, collab_logits, fused_collab_sample, fused_collab_softmax
@@ -13,6 +14,8 @@ from .ops.kd_from_logits import self_evolution_kd_loss_from_logits
 from .ops.self_evolution_kd import KDStats, self_evolution_kd_loss
 
 __version__ = "0.1.0"
+
+backends.load_all()  # resolved at import: a traced call must never import a backend module
 
 __all__ = [
     "CollabSoftmaxOutput",

@@ -71,6 +71,20 @@ def _load(name: str) -> _Backend:
     return entry
 
 
+def load_all() -> None:
+    """Import every backend module now. The package does this at import, so that resolving a
+    backend inside a ``torch.compile``-traced call never imports (which Dynamo cannot trace); it
+    compiles nothing (extensions build on their first kernel call)."""
+    for name in BACKEND_NAMES:
+        _load(name)
+
+
+def has_kernel(backend: str, family: str, name: str) -> bool:
+    """Whether ``backend`` is usable here and provides the ``name`` kernel of op ``family``."""
+    entry = _load(backend)
+    return entry.error is None and (family, name) in entry.kernels
+
+
 def backend_report() -> Dict[str, str]:
     """For each backend name, ``"available (devices: ...)"`` or the reason it cannot be used."""
     report = {}
