@@ -29,5 +29,15 @@ def fused_backend(request):
     return request.param
 
 
+def pytest_sessionstart(session):
+    """Compile the CPU kernels once, before any test: tests that start fresh processes under a time
+    limit then load them from the cache instead of racing to build them (the cold build itself is
+    tested in test_install.py, with caches of its own)."""
+    if "cpu" in FUSED_BACKENDS:
+        from mtkernels import jit
+
+        jit.load(jit.cpu_plan())
+
+
 def pytest_report_header(config):
     return [f"mtkernels backends: {mtkernels.backend_report()}"]
