@@ -196,3 +196,14 @@ def test_gumbel_argmax_keep_set_with_id_cut(fused_backend):
         rids, rzs = ref.gumbel_argmax(cpu_logits, *cpu_p, 1031, theta, keys, cut)
         assert torch.equal(ids.cpu(), rids) and torch.equal(zs.cpu(), rzs)
         assert ((ids.cpu() <= cut) & (z.gather(1, ids.cpu()[:, None])[:, 0] == theta)).all()
+
+
+def test_top_k_limit_is_one_contract():
+    """The CUDA kernels' kMaxTopK is the Python MAX_TOP_K that the launchers check against."""
+    import re
+    from pathlib import Path
+
+    from mtkernels.ops.collab_args import MAX_TOP_K
+
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "collab.cuh").read_text()
+    assert int(re.search(r"constexpr int kMaxTopK = (\d+);", header).group(1)) == MAX_TOP_K

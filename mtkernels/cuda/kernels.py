@@ -15,8 +15,8 @@ import torch
 
 from .. import jit
 from ..backends import register_kernels
+from ..ops.collab_args import MAX_TOP_K
 
-MAX_FUSED_TOP_K = 1024  # kMaxTopK in csrc/cuda/collab.cuh
 
 def _unavailable_reason():
     from torch.utils import cpp_extension
@@ -41,7 +41,7 @@ def _ops():
 
 
 def topk(logits, weights, temperature, vocab_size, k):
-    if k > MAX_FUSED_TOP_K:
+    if k > MAX_TOP_K:
         z = _ops().collab_logits(list(logits), weights, temperature, vocab_size)
         values, ids = torch.sort(z, dim=1, descending=True, stable=True)
         return values[:, :k].contiguous(), ids[:, :k].contiguous(), torch.logsumexp(z, dim=1)

@@ -20,7 +20,9 @@ import torch
 
 Tensor = torch.Tensor
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_TOP_K = 1024  # widest candidate list the fused top-k path is tuned and tested for
+# Widest candidate list of the fused top-k kernels (Triton, and kMaxTopK in csrc/cuda/collab.cuh,
+# which a test checks against this); wider k is still exact, through the logits kernel and a sort.
+MAX_TOP_K = 1024
 
 # Tensor parameters whose values the op body still has to check: the bits of the ops' `unchecked`.
 CHECK_WEIGHTS, CHECK_TEMPERATURE, CHECK_TOP_P, CHECK_MIN_P = 1, 2, 4, 8

@@ -24,11 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.collab_args import MAX_TOP_K
 from ..ops.collab_sampling import key_to_float
 
 Tensor = torch.Tensor
 MAX_MODELS = 4  # logits pointers a kernel takes; NUM_MODELS (constexpr) of them are read
-MAX_K = 1024
 # enable_fp_fusion off: no contraction, the same rounding in every kernel. maxnreg: without a
 # register budget, ptxas 13 (sm_90) caps a 256-thread kernel near 80 registers and spills; with
 # .maxnreg 128 it allocates what it needs (<= 128 keeps >= 2 blocks of 8 warps per SM).
@@ -327,8 +327,8 @@ def merge_lse(part_max: Tensor, part_sum: Tensor) -> Tensor:
 def topk(logits: List[Tensor], weights: Tensor, temperature: Tensor, vocab_size: int, k: int,
          bitonic: Optional[bool] = None):
     """bitonic: tl.topk (default on a GPU) or repeated min (default under the interpreter)."""
-    if not 1 <= k <= min(vocab_size, MAX_K):
-        raise ValueError(f"k must be in [1, min(V, {MAX_K})], got k={k} with V={vocab_size}")
+    if not 1 <= k <= min(vocab_size, MAX_TOP_K):
+        raise ValueError(f"k must be in [1, min(V, {MAX_TOP_K})], got k={k} with V={vocab_size}")
     args, weights = _model_args(logits, weights, temperature, vocab_size)
     batch, device = weights.shape[0], weights.device
     tile, k_pad, warps = topk_config(k, vocab_size, batch, device)
