@@ -139,6 +139,13 @@ def resolve_backend(backend: str, device: torch.device, family: Optional[str] = 
     return backend
 
 
+def whole_op(family: str, op: str, backend: str) -> Optional[Callable]:
+    """The backend's kernel for the whole op ``op`` of ``family`` (registered as ``whole_<op>``), or
+    None: the op is then composed from the family's kernel primitives. The reference backend
+    provides every op whole (the spec); fused backends provide primitives."""
+    return _load(backend).kernels.get((family, f"whole_{op}"))
+
+
 def kernel(family: str, name: str, backend: str) -> Callable:
     """The ``name`` kernel of op family ``family`` on a resolved backend."""
     entry = _load(backend)

@@ -53,16 +53,15 @@ def run(path, case, grad_out=None, **options):
 
 def _chunked_over_reference_rows(inputs, options):
     from mtkernels.ops.kd_args import num_items_tensor
+    from mtkernels.ops.kd_options import KDOptions
 
-    o = dict(mode="self_evolution", lam=0.5, beta=0.5, gamma=0.4, hard_fraction=0.2, temperature=1.0,
-             ignore_index=-100, reduction="mean", chunk_size=7, num_items_in_batch=None)
-    o.update(options)
+    options = dict(options)
+    num_items = num_items_tensor(options.pop("num_items_in_batch", None), torch.device("cpu"))
+    kd = KDOptions(**{"chunk_size": 16, **{k: v for k, v in options.items() if v is not None}})
     return torch.ops.mtkernels.self_evolution_kd(
         inputs["student_input"], inputs["student_weight"], inputs["student_bias"], inputs.get("teacher_input"),
-        inputs.get("teacher_weight"), None, inputs.get("teacher_logits"), inputs["labels"],
-        num_items_tensor(o["num_items_in_batch"], torch.device("cpu")), o["mode"], o["lam"], o["beta"], o["gamma"],
-        o["hard_fraction"], o["temperature"], o["ignore_index"], o["reduction"], o["chunk_size"] or 16, "reference",
-        True)[0]
+        inputs.get("teacher_weight"), None, inputs.get("teacher_logits"), inputs["labels"], num_items, *kd.flat(),
+        "reference", True)[0]
 
 
 def assert_same(got, want, rtol, atol, atol_per_magnitude=False):

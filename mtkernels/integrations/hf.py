@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import AutoModelForCausalLM, Trainer
 
-from ..ops import kd_args
+from ..ops.kd_options import KDOptions
 from ..ops.kd_from_logits import self_evolution_kd_loss_from_logits
 from ..ops.self_evolution_kd import KDStats, self_evolution_kd_loss
 
@@ -233,8 +233,8 @@ class SelfEvolutionKDMixin:
                  **kwargs):
         if teacher_model is None:
             raise ValueError("SelfEvolutionKDMixin: teacher_model is required")
-        kd_args.check_options(kd_mode, kd_lambda, kd_beta, kd_gamma, kd_hard_fraction, kd_temperature, "mean",
-                              kd_chunk_size)
+        KDOptions(mode=kd_mode, lam=kd_lambda, beta=kd_beta, gamma=kd_gamma, hard_fraction=kd_hard_fraction,
+                  temperature=kd_temperature, chunk_size=kd_chunk_size)  # raises on a bad option, before training
         super().__init__(*args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError("SelfEvolutionKDMixin does not support DataParallel (n_gpu > 1); launch with torchrun")

@@ -3,10 +3,12 @@ linear distillation losses (student input, student weight, teacher input, teache
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 
+from ..ops.kd_options import KDOptions
 from ..ops.self_evolution_kd import self_evolution_kd_loss
 
 
@@ -23,9 +25,11 @@ class SelfEvolutionKDLoss(torch.nn.Module):
                  hard_fraction: float = 0.2, temperature: float = 1.0, ignore_index: int = -100,
                  reduction: str = "mean", chunk_size: Optional[int] = None, backend: str = "auto"):
         super().__init__()
-        self.options = dict(mode=mode, lam=lam, beta=beta, gamma=gamma, hard_fraction=hard_fraction,
-                            temperature=temperature, ignore_index=ignore_index, reduction=reduction,
-                            chunk_size=chunk_size, backend=backend)
+        # checked now, not at the first step (a bad option raises naming it)
+        self.options = KDOptions(mode=mode, lam=lam, beta=beta, gamma=gamma, hard_fraction=hard_fraction,
+                                 temperature=temperature, ignore_index=ignore_index, reduction=reduction,
+                                 chunk_size=chunk_size)
+        self.backend = backend
 
     def forward(self, student_input, student_weight, teacher_input, teacher_weight, true_labels=None,
                 student_bias=None, teacher_bias=None, num_items_in_batch=None, *, labels=None):
@@ -35,7 +39,12 @@ class SelfEvolutionKDLoss(torch.nn.Module):
         return self_evolution_kd_loss(student_input, student_weight, teacher_input, teacher_weight,
                                       true_labels if labels is None else labels, student_bias=student_bias,
                                       teacher_bias=teacher_bias, num_items_in_batch=num_items_in_batch,
-                                      **self.options)
+                                      backend=self.backend, **self._loss_kwargs())
+
+    def _loss_kwargs(self) -> dict:
+        kwargs = dataclasses.asdict(self.options)
+        del kwargs["group_name"]  # one device: the vocabulary-parallel form is not exposed here
+        return kwargs
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v!r}" for k, v in {**self._loss_kwargs(), "backend": self.backend}.items())

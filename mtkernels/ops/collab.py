@@ -74,15 +74,6 @@ def _float32(t: Optional[Tensor]) -> Optional[Tensor]:
 # Each op body first checks the parameter tensors flagged in `unchecked` (collab_args: raise on CPU,
 # invalid rows marked on a GPU), so the checks hold in code compiled by torch.compile as well.
 
-def _spec_kernel(name: str, backend: str):
-    """A backend's whole-op kernel (the reference's spec functions), or None: then the op is
-    composed from the backend's collab primitives."""
-    try:
-        return backends.kernel(FAMILY, name, backend)
-    except NotImplementedError:
-        return None
-
-
 def _call(op, impl, *args):
     """The torch op under torch.compile or when autograd must see it; in eager mode otherwise its
     implementation directly, which skips the dispatcher's per-call overhead (tens of microseconds,
@@ -99,9 +90,9 @@ def _softmax_topk_impl(logits: List[Tensor], weights: Tensor, temperature: Tenso
                        top_k: Optional[Tensor], unchecked: int, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     invalid = args.check_in_op(unchecked, weights=weights, temperature=temperature)
     weights, temperature = _float32(weights), _float32(temperature)
-    spec = _spec_kernel("spec_softmax", backend)
-    if spec is not None:
-        probs, ids, lse = spec(logits, weights, temperature, vocab_size, k)
+    whole = backends.whole_op(FAMILY, "softmax_topk", backend)
+    if whole is not None:
+        probs, ids, lse = whole(logits, weights, temperature, vocab_size, k)
     else:
         values, ids, lse = backends.kernel(FAMILY, "topk", backend)(logits, weights, temperature, vocab_size, k)
         probs = torch.exp(values - lse.unsqueeze(1))
@@ -133,14 +124,14 @@ def _sample_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, voc
     # top_k / top_p / min_p None: that filter is off for every row (saves work on every path).
     invalid = args.check_in_op(unchecked, weights=weights, temperature=temperature, top_p=top_p, min_p=min_p)
     weights, temperature, top_p, min_p = map(_float32, (weights, temperature, top_p, min_p))
-    spec = _spec_kernel("spec_sample", backend)
-    if spec is not None:
+    whole = backends.whole_op(FAMILY, "sample", backend)
+    if whole is not None:
         off = torch.zeros_like(temperature)
-        ids, logprobs = spec(logits, weights, temperature, vocab_size,
+        ids, logprobs = whole(logits, weights, temperature, vocab_size,
                              (off + max_top_k).long() if top_k is None else top_k, off + 1 if top_p is None else top_p,
                              off if min_p is None else min_p, greedy, keys)
         # z is float32 by the spec: a z that only float64 can hold (an overflow) is no distribution
-        z = backends.kernel(FAMILY, "spec_logits", backend)(logits, weights, temperature, vocab_size)
+        z = backends.whole_op(FAMILY, "logits", backend)(logits, weights, temperature, vocab_size)
         lse = torch.logsumexp(z.float(), dim=1)
     else:
         kernels = _kernels(backend)
@@ -198,9 +189,9 @@ def _logits_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, voc
                  backend: str) -> Tensor:
     invalid = args.check_in_op(unchecked, weights=weights, temperature=temperature)
     weights, temperature = _float32(weights), _float32(temperature)
-    spec = _spec_kernel("spec_logits", backend)
-    if spec is not None:
-        z = spec(logits, weights, temperature, vocab_size).float()
+    whole = backends.whole_op(FAMILY, "logits", backend)
+    if whole is not None:
+        z = whole(logits, weights, temperature, vocab_size).float()
     else:
         z = backends.kernel(FAMILY, "logits", backend)(logits, weights, temperature, vocab_size)
     if z.device.type == "cpu" and backend != "cpu":

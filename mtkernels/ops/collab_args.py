@@ -28,8 +28,10 @@ MAX_TOP_K = 1024
 CHECK_WEIGHTS, CHECK_TEMPERATURE, CHECK_TOP_P, CHECK_MIN_P = 1, 2, 4, 8
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CollabInputs:
+    """The collab ops' common arguments, normalised (the family's typed options)."""
+
     logits: List[Tensor]  # M tensors (B, V_m), unit stride along the vocabulary
     weights: Tensor  # (B, M) floating point, on the logits' device
     temperature: Tensor  # (B,) floating point, on the logits' device

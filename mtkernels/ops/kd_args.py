@@ -1,4 +1,5 @@
-"""Checking the arguments of the self-evolution KD loss, before any kernel runs."""
+"""Checking the tensor arguments of the self-evolution KD loss, before any kernel runs (the
+constants are checked by :class:`~mtkernels.ops.kd_options.KDOptions`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,10 @@ from typing import Optional
 
 import torch
 
-from ..reference.self_evolution_kd import MODES
+from .kd_options import KDOptions, check_ignore_index
 
 Tensor = torch.Tensor
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-REDUCTIONS = ("mean", "sum", "none")
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-INT64_RANGE = (-2**63, 2**63 - 1)
 
 
 @dataclasses.dataclass
@@ -48,28 +46,6 @@ def _bias(b, name: str, rows: int, device):
         raise ValueError(f"{name}: on {b.device}, but student_input is on {device}")
 
 
-def _number(value, name: str, ok, expected: str) -> float:
-    """A Python real number (not a tensor: options are constants of the op) checked by ``ok``."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        hint = f" (pass {name}.item())" if isinstance(value, torch.Tensor) else ""
-        raise TypeError(f"{name}: expected a Python float {expected}, got {type(value).__name__}{hint}")
-    if not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name}: must be {expected}, got {value!r}")
-    return float(value)
-
-
-def _temperature_ok(t: float) -> bool:
-    """τ > 0 with τ and 1/τ finite and non-zero in float32, the precision the kernels work in."""
-    return t > 0 and t <= FLOAT32_MAX and 1.0 / t <= FLOAT32_MAX
-
-
-def check_ignore_index(ignore_index) -> None:
-    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-    if not INT64_RANGE[0] <= ignore_index <= INT64_RANGE[1]:
-        raise ValueError(f"ignore_index: must fit in int64 (labels are int64), got {ignore_index}")
-
-
 def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
     check_ignore_index(ignore_index)
     if not isinstance(labels, torch.Tensor):
@@ -89,21 +65,6 @@ def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
             raise ValueError(f"labels: must be in [0, {vocab}) or ignore_index={ignore_index}, got {bad}")
     else:  # a device-side assertion: no host sync, no graph break
         torch._assert_async(in_range.all(), "labels: out of [0, vocab) and not ignore_index")
-
-
-def check_options(mode, lam, beta, gamma, hard_fraction, temperature, reduction, chunk_size) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
-    _number(lam, "lam", lambda v: 0 <= v <= 1, "in [0, 1]")
-    _number(beta, "beta", lambda v: 0 < v <= 1, "in (0, 1]")
-    _number(gamma, "gamma", lambda v: v >= 0, ">= 0")
-    _number(hard_fraction, "hard_fraction", lambda v: 0 <= v <= 1, "in [0, 1]")
-    _number(temperature, "temperature", _temperature_ok,
-            "> 0, with it and its reciprocal finite in float32 (about 3e-39 to 3.4e38)")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: must be one of {REDUCTIONS}, got {reduction!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
-        raise ValueError(f"chunk_size: must be a positive int or None, got {chunk_size!r}")
 
 
 NUM_ITEMS_EXPECTED = "a non-negative whole count (an int, or a one-element tensor holding one)"
@@ -143,9 +104,7 @@ def num_items_tensor(num_items_in_batch, device) -> Optional[Tensor]:
 
 
 def check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits, student_bias,
-          teacher_bias, mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction,
-          num_items_in_batch, chunk_size, return_stats) -> KDArgs:
-    check_options(mode, lam, beta, gamma, hard_fraction, temperature, reduction, chunk_size)
+          teacher_bias, options: KDOptions, num_items_in_batch, return_stats) -> KDArgs:
     _matrix(student_input, "student_input", "(N, H_s)")
     device = student_input.device
     n, hidden = student_input.shape
@@ -171,7 +130,7 @@ def check(student_input, student_weight, teacher_input, teacher_weight, labels, 
                              f"{tuple(teacher_input.shape)} and {tuple(teacher_weight.shape)}")
         _bias(teacher_bias, "teacher_bias", teacher_weight.shape[0], device)
         vocab_t = teacher_weight.shape[0]
-    check_labels(labels, n, min(student_weight.shape[0], vocab_t), ignore_index, device)
+    check_labels(labels, n, min(student_weight.shape[0], vocab_t), options.ignore_index, device)
     if not isinstance(return_stats, bool):
         raise TypeError("return_stats: expected a bool")
     return KDArgs(num_items_tensor(num_items_in_batch, device))

@@ -8,166 +8,153 @@ a second pass with the hard rows fixed by the forward pass.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import dataclasses
+from typing import Optional
 
 import torch
 
 from .. import backends
 from ..reference import self_evolution_kd as ref
 from . import kd_args
-from .kd_chunked import KDParams, Linear, Logits, chunk_rows, fused_kd_pass
+from .chunked_loss import (GivenLogits, LinearBlock, LinearLogits, input_grads, loss_only_differentiable,
+                           refuse_second_backward, scaled_in_place)
+from .kd_chunked import fused_kd_pass, kd_chunk_rows
+from .kd_options import KD_OPTIONS_SCHEMA, NUM_OPTIONS, KDOptions
 
 Tensor = torch.Tensor
 KDStats = ref.KDStats  # (num_valid, num_hard, mean_difficulty): one definition for every backend
+WHAT = "self-evolution KD loss"
 
 
-def _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index) -> KDParams:
-    return KDParams(mode, float(lam), float(beta), float(gamma), float(hard_fraction), float(temperature),
-                    int(ignore_index))
+def split_options(flat) -> tuple:
+    """A custom op's arguments after its tensors: ``(KDOptions, the remaining arguments)``."""
+    return KDOptions.from_flat(flat[:NUM_OPTIONS]), tuple(flat[NUM_OPTIONS:])
 
 
-def _row_scale(labels: Tensor, ignore_index: int, reduction: str, num_items: Optional[Tensor]) -> Tensor:
+def row_scale(labels: Tensor, options: KDOptions, num_items: Optional[Tensor]) -> Tensor:
     """Per-row weight of the reduction: 1 (sum) or 1 / denominator (mean). A denominator of 0 (no
     valid row, or ``num_items_in_batch = 0``) gives weight 0: loss 0 and zero gradients."""
     ones = torch.ones(labels.shape[0], dtype=torch.float32, device=labels.device)
-    if reduction == "sum":
+    if options.reduction == "sum":
         return ones
-    denominator = ((labels != ignore_index).sum() if num_items is None else num_items).to(torch.float32)
+    denominator = ((labels != options.ignore_index).sum() if num_items is None else num_items).to(torch.float32)
     return ones * torch.where(denominator > 0, 1 / denominator, torch.zeros_like(denominator))
 
 
-def _reduce(rows: Tensor, scale: Tensor, reduction: str) -> Tensor:
-    return rows if reduction == "none" else (rows * scale).sum()
+def reduce_rows(rows: Tensor, scale: Tensor, options: KDOptions) -> Tensor:
+    return rows if options.reduction == "none" else (rows * scale).sum()
+
+
+def _student(student_input, student_weight, student_bias) -> LinearLogits:
+    return LinearLogits([LinearBlock(student_input, student_weight, student_bias, needs_grad=True)])
 
 
 def _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits):
     if teacher_logits is not None:
-        return Logits(teacher_logits)
-    return Linear(teacher_input, teacher_weight, teacher_bias)
+        return GivenLogits(teacher_logits)
+    return LinearLogits([LinearBlock(teacher_input, teacher_weight, teacher_bias, needs_grad=False)])
 
 
-def _loss_only_differentiable(ctx, *other_outputs) -> None:
-    """Without this, autograd hands backward zero-filled gradients for the other outputs, and some
-    of them are weight- or logits-sized."""
-    ctx.mark_non_differentiable(*other_outputs)
-    ctx.set_materialize_grads(False)
-
-
-SECOND_BACKWARD = ("a second backward through the same self-evolution KD loss is not supported (retain_graph=True): "
-                   "its gradients are computed in the forward pass and the first backward scales them in place; "
-                   "compute the loss again for another backward")
-
-
-def _refuse_second_backward(ctx) -> None:
-    """Backward scales the forward's gradients in place (eager mode), so it can run once; a second
-    one is refused with an error that says why, before autograd's saved-tensor version check would
-    fail with a generic one. Call it before reading ``ctx.saved_tensors``."""
-    if torch.compiler.is_compiling():
-        return
-    if getattr(ctx, "backward_done", False):
-        raise RuntimeError(SECOND_BACKWARD)
-    ctx.backward_done = True
-
-
-def _scaled_by(grads, grad_loss: Tensor):
-    """The forward's gradients times the incoming gradient, in place where autograd allows it: a
-    second weight-sized copy would double the peak (see _refuse_second_backward)."""
-    if torch.compiler.is_compiling():
-        return tuple(g * grad_loss for g in grads)
-    return tuple(g.mul_(grad_loss) for g in grads)
+def _empty_f32(like: Tensor) -> Tensor:  # outputs must not alias each other: a fresh one each time
+    return like.new_empty(0, dtype=torch.float32)
 
 
 # --- torch ops ------------------------------------------------------------------------------------
 
-@torch.library.custom_op("mtkernels::self_evolution_kd", mutates_args=())
-def _kd_op(student_input: Tensor, student_weight: Tensor, student_bias: Optional[Tensor],
-           teacher_input: Optional[Tensor], teacher_weight: Optional[Tensor], teacher_bias: Optional[Tensor],
-           teacher_logits: Optional[Tensor], labels: Tensor, num_items: Optional[Tensor], mode: str, lam: float,
-           beta: float, gamma: float, hard_fraction: float, temperature: float, ignore_index: int, reduction: str,
-           chunk_size: int, backend: str, need_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(loss, d (N,), hard (N,) bool, grad_input, grad_weight fp32, grad_bias fp32)``; the
-    gradients are of the returned loss (empty for ``none``, without ``need_grad``, and ``grad_bias``
-    without a bias)."""
-    params = _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index)
-    student = Linear(student_input, student_weight, student_bias)
-    teacher = _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits)
-    scale = _row_scale(labels, ignore_index, reduction, num_items)
-    want_grad = need_grad and reduction != "none"
-    rows, d, hard, grads = fused_kd_pass(student, teacher, labels, params, scale if want_grad else None, None,
-                                         chunk_size, backend)
-    def empty():  # outputs must not alias each other
-        return student_input.new_empty(0, dtype=torch.float32)
+_STUDENT_TEACHER = ("Tensor student_input, Tensor student_weight, Tensor? student_bias, Tensor? teacher_input, "
+                    "Tensor? teacher_weight, Tensor? teacher_bias, Tensor? teacher_logits, Tensor labels")
+_KD_SCHEMA = (f"({_STUDENT_TEACHER}, Tensor? num_items, {KD_OPTIONS_SCHEMA}, str backend, bool need_grad) "
+              f"-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+_KD_BACKWARD_SCHEMA = (f"(Tensor grad_rows, Tensor hard, {_STUDENT_TEACHER}, {KD_OPTIONS_SCHEMA}, str backend) "
+                       f"-> (Tensor, Tensor, Tensor)")
 
-    grad_input, grad_weight, grad_bias = grads if grads is not None else (student_input.new_empty(0), empty(), None)
-    return _reduce(rows, scale, reduction), d, hard, grad_input, grad_weight, empty() if grad_bias is None else grad_bias
+
+def _kd_impl(student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias,
+             teacher_logits, labels, num_items, *flat):
+    """``mtkernels::self_evolution_kd``: ``(loss, d (N,), hard (N,) bool, grad_input, grad_weight fp32,
+    grad_bias fp32)``; the gradients are of the returned loss (empty for ``none``, without
+    ``need_grad``, and ``grad_bias`` without a bias)."""
+    options, (backend, need_grad) = split_options(flat)
+    scale = row_scale(labels, options, num_items)
+    want_grad = need_grad and options.reduction != "none"
+    rows, d, hard, grads = fused_kd_pass(_student(student_input, student_weight, student_bias),
+                                         _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits),
+                                         labels, options, scale if want_grad else None, None, backend)
+    loss = reduce_rows(rows, scale, options)
+    if grads is None:
+        return loss, d, hard, student_input.new_empty(0), _empty_f32(student_input), _empty_f32(student_input)
+    g = grads[0]
+    return loss, d, hard, g.x, g.weight, _empty_f32(student_input) if g.bias is None else g.bias
+
+
+_kd_op = torch.library.custom_op("mtkernels::self_evolution_kd", _kd_impl, mutates_args=(), schema=_KD_SCHEMA)
 
 
 @_kd_op.register_fake
 def _(student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias, teacher_logits,
-      labels, num_items, mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size,
-      backend, need_grad):
+      labels, num_items, *flat):
+    options, (_backend, need_grad) = split_options(flat)
     n = labels.shape[0]
     new = student_input.new_empty
-    loss = new((n,), dtype=torch.float32) if reduction == "none" else new((), dtype=torch.float32)
-    grads = need_grad and reduction != "none"
-    return (loss, new((n,), dtype=torch.float32), new((n,), dtype=torch.bool),
-            new(student_input.shape if grads else (0,)),
+    none = options.reduction == "none"
+    grads = need_grad and not none
+    return (new((n,) if none else (), dtype=torch.float32), new((n,), dtype=torch.float32),
+            new((n,), dtype=torch.bool), new(student_input.shape if grads else (0,)),
             new(student_weight.shape if grads else (0,), dtype=torch.float32),
             new(student_bias.shape if grads and student_bias is not None else (0,), dtype=torch.float32))
 
 
-@torch.library.custom_op("mtkernels::self_evolution_kd_backward", mutates_args=())
-def _kd_backward_op(grad_rows: Tensor, hard: Tensor, student_input: Tensor, student_weight: Tensor,
-                    student_bias: Optional[Tensor], teacher_input: Optional[Tensor], teacher_weight: Optional[Tensor],
-                    teacher_bias: Optional[Tensor], teacher_logits: Optional[Tensor], labels: Tensor, mode: str,
-                    lam: float, beta: float, gamma: float, hard_fraction: float, temperature: float,
-                    ignore_index: int, chunk_size: int, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gradients of ``Σ_i grad_rows_i · loss_i`` (reduction ``none``), hard rows as in forward."""
-    params = _params(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index)
-    student = Linear(student_input, student_weight, student_bias)
-    teacher = _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits)
-    *_, grads = fused_kd_pass(student, teacher, labels, params, grad_rows.float().contiguous(), hard, chunk_size,
-                              backend)
-    grad_input, grad_weight, grad_bias = grads
-    return grad_input, grad_weight, student_input.new_empty(0, dtype=torch.float32) if grad_bias is None else grad_bias
+def _kd_backward_impl(grad_rows, hard, student_input, student_weight, student_bias, teacher_input, teacher_weight,
+                      teacher_bias, teacher_logits, labels, *flat):
+    """``mtkernels::self_evolution_kd_backward``: the gradients of ``Σ_i grad_rows_i · loss_i``
+    (reduction ``none``) with the forward's hard rows: ``(grad_input, grad_weight fp32, grad_bias fp32)``."""
+    options, (backend,) = split_options(flat)
+    *_, grads = fused_kd_pass(_student(student_input, student_weight, student_bias),
+                              _teacher(teacher_input, teacher_weight, teacher_bias, teacher_logits), labels, options,
+                              grad_rows.float().contiguous(), hard, backend)
+    g = grads[0]
+    return g.x, g.weight, _empty_f32(student_input) if g.bias is None else g.bias
+
+
+_kd_backward_op = torch.library.custom_op("mtkernels::self_evolution_kd_backward", _kd_backward_impl,
+                                          mutates_args=(), schema=_KD_BACKWARD_SCHEMA)
 
 
 @_kd_backward_op.register_fake
 def _(grad_rows, hard, student_input, student_weight, student_bias, *rest):
-    return (student_input.new_empty(student_input.shape), student_weight.new_empty(student_weight.shape,
-                                                                                     dtype=torch.float32),
+    return (student_input.new_empty(student_input.shape),
+            student_weight.new_empty(student_weight.shape, dtype=torch.float32),
             student_input.new_empty(student_bias.shape if student_bias is not None else (0,), dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
     (student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias, teacher_logits,
-     labels, _num_items, *options) = inputs
-    ctx.options = options[:10]  # mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk, backend
+     labels, _num_items, *flat) = inputs
+    ctx.options, (ctx.backend, _need_grad) = split_options(flat)
+    ctx.num_inputs = len(inputs)
     ctx.has_bias = student_bias is not None
+    ctx.weight_dtype = student_weight.dtype
     _, d, hard, grad_input, grad_weight, grad_bias = output
-    _loss_only_differentiable(ctx, d, hard, grad_input, grad_weight, grad_bias)
-    if options[7] == "none":
+    loss_only_differentiable(ctx, d, hard, grad_input, grad_weight, grad_bias)
+    if ctx.options.reduction == "none":  # backward runs a second pass with the forward's hard rows
         ctx.save_for_backward(hard, student_input, student_weight, student_bias, teacher_input, teacher_weight,
                               teacher_bias, teacher_logits, labels)
     else:
         ctx.save_for_backward(grad_input, grad_weight, grad_bias)
-    ctx.weight_dtype = student_weight.dtype
 
 
 def _backward(ctx, grad_loss, _grad_d, _grad_hard, _gi, _gw, _gb):
-    mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk, backend = ctx.options
     if grad_loss is None:
-        return (None,) * 20
-    if reduction == "none":
+        return input_grads(ctx.num_inputs)
+    if ctx.options.reduction == "none":
         hard, *saved = ctx.saved_tensors
-        grad_input, grad_weight, grad_bias = _kd_backward_op(grad_loss, hard, *saved, mode, lam, beta, gamma,
-                                                             hard_fraction, temperature, ignore_index, chunk, backend)
+        grad_input, grad_weight, grad_bias = _kd_backward_op(grad_loss, hard, *saved, *ctx.options.flat(),
+                                                             ctx.backend)
     else:
-        _refuse_second_backward(ctx)
-        grad_input, grad_weight, grad_bias = _scaled_by(ctx.saved_tensors, grad_loss)
-    grad_weight = grad_weight.to(ctx.weight_dtype)
+        refuse_second_backward(ctx, WHAT)
+        grad_input, grad_weight, grad_bias = scaled_in_place(ctx.saved_tensors, grad_loss)
     grad_bias = grad_bias.to(ctx.weight_dtype) if ctx.has_bias else None
-    return (grad_input, grad_weight, grad_bias) + (None,) * 17
+    return input_grads(ctx.num_inputs, grad_input, grad_weight.to(ctx.weight_dtype), grad_bias)
 
 
 torch.library.register_autograd("mtkernels::self_evolution_kd", _backward, setup_context=_setup_context)
@@ -175,16 +162,11 @@ torch.library.register_autograd("mtkernels::self_evolution_kd", _backward, setup
 
 # --- public API -----------------------------------------------------------------------------------
 
-def _linear_in_weight_dtype(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """float32 ``x @ weight.T + bias`` computed in the weight's dtype (the fused form's rule)."""
-    bias = None if bias is None else bias.to(weight.dtype)
-    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).float()
-
-
-def _finish(loss, d, hard, labels, ignore_index, return_stats):
+def finish(loss, d, hard, labels, options: KDOptions, return_stats: bool):
+    """The public functions' return value: the loss, and its :class:`KDStats` if asked for."""
     if not return_stats:
         return loss
-    valid = labels != ignore_index
+    valid = labels != options.ignore_index
     num_valid = valid.sum()
     mean_d = (d * valid).sum() / num_valid.clamp_min(1)
     return loss, KDStats(num_valid, (hard & valid).sum(), mean_d)
@@ -221,26 +203,21 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
     Returns:
         the loss (``()`` float32, or ``(N,)`` for ``none``), and :class:`KDStats` if ``return_stats``.
     """
+    options = KDOptions(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size)
     a = kd_args.check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits,
-                      student_bias, teacher_bias, mode, lam, beta, gamma, hard_fraction, temperature, ignore_index,
-                      reduction, num_items_in_batch, chunk_size, return_stats)
+                      student_bias, teacher_bias, options, num_items_in_batch, return_stats)
     labels = labels.contiguous()
     name = backends.resolve_backend(backend, student_input.device, "kd")
-    if name == "reference":
-        student_logits = _linear_in_weight_dtype(student_input, student_weight, student_bias)
-        teacher = teacher_logits if teacher_logits is not None else _linear_in_weight_dtype(
-            teacher_input, teacher_weight, teacher_bias)
-        loss, stats = ref.self_evolution_kd_loss_from_logits(
-            student_logits, teacher.detach(), labels, mode=mode, lam=lam, beta=beta, gamma=gamma,
-            hard_fraction=hard_fraction, temperature=temperature, ignore_index=ignore_index, reduction=reduction,
-            num_items_in_batch=a.num_items)
+    whole = backends.whole_op("kd", "loss", name)
+    if whole is not None:
+        loss, stats = whole(student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias,
+                            teacher_logits, labels, options, a.num_items)
         return (loss, stats) if return_stats else loss
     vocab_t = teacher_logits.shape[1] if teacher_logits is not None else teacher_weight.shape[0]
-    chunk = chunk_rows(labels.shape[0], student_weight.shape[0], vocab_t, chunk_size, student_input.device)
+    chunk = kd_chunk_rows(options, labels.shape[0], student_weight.shape[0], vocab_t, student_input.device)
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (student_input, student_weight, student_bias))
     loss, d, hard, *_ = torch.ops.mtkernels.self_evolution_kd(
         student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias, teacher_logits,
-        labels, a.num_items, mode, float(lam), float(beta), float(gamma), float(hard_fraction), float(temperature),
-        int(ignore_index), reduction, chunk, name, need_grad)
-    return _finish(loss, d, hard, labels, ignore_index, return_stats)
+        labels, a.num_items, *dataclasses.replace(options, chunk_size=chunk).flat(), name, need_grad)
+    return finish(loss, d, hard, labels, options, return_stats)

@@ -1,8 +1,8 @@
-"""The reference backend: the spec functions, plus the collab kernel primitives built on them.
+"""The reference backend: every op whole, by the spec (``whole_*`` kernels), and the definitions of
+the fused backends' kernel primitives (collab ``topk`` ..., kd ``rows``), used by the kernel tests.
 
-The primitives (``topk``, ``logits``, ``threshold_mass``, ``gumbel_argmax``) are what the fused
-backends implement (mtkernels/ops/collab_sampling.py); the reference versions here are their
-definitions, used by the kernel tests. They take ``weights (B, M)`` and ``temperature (B,)``
+The collab primitives (``topk``, ``logits``, ``threshold_mass``, ``gumbel_argmax``; composed in
+mtkernels/ops/collab_sampling.py) take ``weights (B, M)`` and ``temperature (B,)``
 float32 and compute ``z`` as float32 of the reference's float64 combined logits.
 """
 
@@ -12,7 +12,9 @@ import torch
 
 from ..backends import register_kernels
 from ..gumbel import gumbel_noise
+from ..ops.kd_options import MODE_RULES, MODES, KDOptions, LossKind, Mode
 from . import collab
+from . import self_evolution_kd as kd
 
 
 def _z(logits, weights, temperature, vocab_size):
@@ -63,39 +65,27 @@ register_kernels(
     logits=logits,
     threshold_mass=threshold_mass,
     gumbel_argmax=gumbel_argmax,
-    spec_softmax=collab.softmax_topk,
-    spec_sample=collab.sample,
-    spec_logits=collab.combined_logits,
+    whole_softmax_topk=collab.softmax_topk,
+    whole_sample=collab.sample,
+    whole_logits=collab.combined_logits,
 )
 
 
 # --- self-evolution KD ----------------------------------------------------------------------------
-
-KD_MODES = ("self_evolution", "self_evolution_topk", "skew", "noevo", "forward_kd", "reverse_kd")
-
 
 def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, temperature, ignore_index,
             vocab, compute_grad):
     """The kd row kernel's definition: per-row (loss, d, is_hard) from the spec, and, if
     ``compute_grad``, the student logits overwritten with ``d(grad_scale · loss) / d logits`` by the
     spec's gradient formulas (checked against autograd on the spec in the tests)."""
-    from .self_evolution_kd import per_row_terms
-
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels))
+    name = MODES[mode]
     with torch.no_grad():
-        d, easy, hard_loss, forward_kd, reverse_kd = per_row_terms(student, teacher[:, :vocab], safe, lam, beta,
-                                                                   temperature)
-        name = KD_MODES[mode]
-        if hard is not None:
-            is_hard = hard & valid
-        elif name == "self_evolution":
-            is_hard = valid & (d > gamma)
-        elif name == "skew":
-            is_hard = valid.clone()
-        else:
-            is_hard = torch.zeros_like(valid)
-        loss = {"forward_kd": forward_kd, "reverse_kd": reverse_kd}.get(name, torch.where(is_hard, hard_loss, easy))
+        d, easy, hard_loss, forward_kd, reverse_kd = kd.per_row_terms(student, teacher[:, :vocab], safe, lam, beta,
+                                                                      temperature)
+        is_hard = hard & valid if hard is not None else kd.hard_rows_by_rule(name, d, valid, gamma)
+        loss = kd.row_loss(name, is_hard, easy, hard_loss, forward_kd, reverse_kd)
         loss = torch.where(valid, loss, torch.zeros_like(loss))
         if compute_grad:
             grad = _kd_logit_gradient(student[:, :vocab], teacher[:, :vocab], safe, is_hard, name, lam, beta,
@@ -113,7 +103,8 @@ def _kd_logit_gradient(student, teacher, labels, is_hard, mode, lam, beta, tempe
     q, p = log_q.exp(), log_p.exp()
     onehot = torch.nn.functional.one_hot(labels, student.shape[1]).double()
     y = (1 - lam) * onehot + lam * p
-    if mode == "reverse_kd":
+    kind = MODE_RULES[Mode.parse(mode)][1]
+    if kind == LossKind.REVERSE_KD:
         kl = (q * (log_q - log_p)).sum(1, keepdim=True)
         return (1 - lam) * (q - onehot) + lam * q * (log_q - log_p - kl)
     m = beta * q + (1 - beta) * y
@@ -122,4 +113,32 @@ def _kd_logit_gradient(student, teacher, labels, is_hard, mode, lam, beta, tempe
     return torch.where(is_hard.unsqueeze(1), hard, q - y)
 
 
-register_kernels("reference", "kd", rows=kd_rows)
+def _linear_in_weight_dtype(x, weight, bias):
+    """float32 ``x @ weight.T + bias`` computed in the weight's dtype (the fused form's GEMM rule)."""
+    bias = None if bias is None else bias.to(weight.dtype)
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).float()
+
+
+def _spec_kwargs(options: KDOptions, num_items):
+    return dict(mode=options.mode, lam=options.lam, beta=options.beta, gamma=options.gamma,
+                hard_fraction=options.hard_fraction, temperature=options.temperature,
+                ignore_index=options.ignore_index, reduction=options.reduction, num_items_in_batch=num_items)
+
+
+def kd_whole_loss_from_logits(student_logits, teacher_logits, labels, options: KDOptions, num_items):
+    """The whole loss from logits, ``(loss, KDStats)``, by the spec (autograd gives its gradients)."""
+    return kd.self_evolution_kd_loss_from_logits(student_logits, teacher_logits.detach(), labels,
+                                                 **_spec_kwargs(options, num_items))
+
+
+def kd_whole_loss(student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias,
+                  teacher_logits, labels, options: KDOptions, num_items):
+    """The whole loss from hidden states and heads, ``(loss, KDStats)``: the logits in full, then the spec."""
+    student_logits = _linear_in_weight_dtype(student_input, student_weight, student_bias)
+    teacher = teacher_logits if teacher_logits is not None else _linear_in_weight_dtype(
+        teacher_input, teacher_weight, teacher_bias)
+    return kd_whole_loss_from_logits(student_logits, teacher, labels, options, num_items)
+
+
+register_kernels("reference", "kd", rows=kd_rows, whole_loss=kd_whole_loss,
+                 whole_loss_from_logits=kd_whole_loss_from_logits)

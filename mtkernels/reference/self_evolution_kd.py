@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 import torch
 
 Tensor = torch.Tensor
-MODES = ("self_evolution", "self_evolution_topk", "skew", "noevo", "forward_kd", "reverse_kd")
+from ..ops.kd_options import MODE_RULES, MODES, HardRule, LossKind, Mode  # noqa: F401  (MODES re-exported)
 
 
 class KDStats(NamedTuple):
@@ -31,6 +31,34 @@ class KDStats(NamedTuple):
 def num_hard_rows(hard_fraction: float, num_valid: int) -> int:
     """``round(hard_fraction · n_valid)``, halves rounded up."""
     return int(math.floor(hard_fraction * num_valid + 0.5))
+
+
+def hard_rows_by_rank(d: Tensor, valid: Tensor, hard_fraction: float) -> Tensor:
+    """``self_evolution_topk``: ``(N,)`` bool, the ``round(hard_fraction · n_valid)`` valid rows of
+    largest d, ties broken by row order (a stable sort). The one definition of the ranking."""
+    n_hard = num_hard_rows(hard_fraction, int(valid.sum()))
+    order = torch.sort(d.masked_fill(~valid, -math.inf), descending=True, stable=True).indices[:n_hard]
+    return torch.zeros_like(valid).index_fill(0, order, True) & valid
+
+
+def hard_rows_by_rule(mode: str, d: Tensor, valid: Tensor, gamma: float) -> Tensor:
+    """``(N,)`` bool: the hard rows of a mode whose rule needs no ranking (kd_options.MODE_RULES)."""
+    rule = MODE_RULES[Mode.parse(mode)][0]
+    if rule == HardRule.IF_DIFFICULT:
+        return valid & (d > gamma)
+    if rule == HardRule.ALL_VALID:
+        return valid.clone()
+    return torch.zeros_like(valid)
+
+
+def row_loss(mode: str, is_hard: Tensor, easy: Tensor, hard: Tensor, forward_kd: Tensor, reverse_kd: Tensor):
+    """Each row's loss under ``mode``'s loss kind (kd_options.MODE_RULES)."""
+    kind = MODE_RULES[Mode.parse(mode)][1]
+    if kind == LossKind.FORWARD_KD:
+        return forward_kd
+    if kind == LossKind.REVERSE_KD:
+        return reverse_kd
+    return torch.where(is_hard, hard, easy)
 
 
 def _weighted(w: float, v: Tensor) -> Tensor:
@@ -85,22 +113,9 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
     safe_labels = torch.where(valid, labels, torch.zeros_like(labels))
     d, easy, hard, forward_kd, reverse_kd = per_row_terms(student_logits, teacher_logits, safe_labels, lam, beta,
                                                           temperature)
-    if mode == "self_evolution":
-        is_hard = valid & (d > gamma)
-    elif mode == "self_evolution_topk":
-        n_hard = num_hard_rows(hard_fraction, int(valid.sum()))
-        ranked = torch.sort(d.masked_fill(~valid, -math.inf), descending=True, stable=True).indices[:n_hard]
-        is_hard = torch.zeros_like(valid).index_fill(0, ranked, True) & valid
-    elif mode == "skew":
-        is_hard = valid.clone()
-    else:
-        is_hard = torch.zeros_like(valid)
-    if mode in ("self_evolution", "self_evolution_topk", "skew", "noevo"):
-        rows = torch.where(is_hard, hard, easy)
-    elif mode == "forward_kd":
-        rows = forward_kd
-    else:
-        rows = reverse_kd
+    is_hard = (hard_rows_by_rank(d, valid, hard_fraction) if mode == "self_evolution_topk"
+               else hard_rows_by_rule(mode, d, valid, gamma))
+    rows = row_loss(mode, is_hard, easy, hard, forward_kd, reverse_kd)
     rows = torch.where(valid, rows, torch.zeros_like(rows))
 
     num_valid = valid.sum()
