@@ -3,7 +3,8 @@
 Each benchmark group is one op on one problem (shape, device): the fused backends, the eager
 chain (a), the Hugging Face chain (b), torch.compile of (a) (c) and the read-once floor, as
 ``mtkernels.bench.collab`` defines them. A case's result is checked before it is timed.
-``extra_info`` holds the op, shape, backend, device, peak memory (MiB) and the check's summary.
+``extra_info`` holds the op, shape, backend, device, peak memory (MiB), the check's summary and, on
+CUDA, the median of ``triton.testing.do_bench`` (``gpu_median_ms``).
 """
 
 import functools
@@ -11,7 +12,7 @@ import functools
 import pytest
 
 from mtkernels.bench import collab
-from mtkernels.bench.measure import PEAK_MEMORY_METHOD, peak_memory_mb, synchronized
+from mtkernels.bench.measure import GPU_TIMER, PEAK_MEMORY_METHOD, cuda_time_ms, peak_memory_mb, synchronized
 from mtkernels.bench.problems import make_problem
 from mtkernels.bench.runner import device_specs
 
@@ -44,4 +45,6 @@ def test_collab(benchmark, bench_shape, case):
                "dtype": bench_shape.dtype_name},
         peak_memory_mb=peak_memory_mb(bound.fn, device), peak_memory_method=PEAK_MEMORY_METHOD, check=bound.check,
     )
+    if device.type == "cuda":
+        benchmark.extra_info.update(gpu_median_ms=cuda_time_ms(bound.fn, device), gpu_timer=GPU_TIMER)
     benchmark(synchronized(bound.fn, device))

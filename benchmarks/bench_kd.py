@@ -1,16 +1,28 @@
-"""Self-evolution KD loss, forward + backward, each case of ``mtkernels.bench.kd`` (fused backends,
-eager float32 PyTorch, Liger-Kernel's chunked JSD loss where installed, the GEMM floor), with
-peak memory (MiB above the inputs) in extra_info.
+"""Self-evolution KD loss, forward + backward, each case of ``mtkernels.bench.kd`` on each device:
+CPU tensors (the ``cpu`` backend) always, CUDA tensors (the ``cuda`` and ``triton`` backends)
+where there is a CUDA device; beside eager PyTorch, Liger-Kernel's chunked JSD loss where
+installed, and the GEMM floor. extra_info holds the peak memory (MiB above the inputs) and, on
+CUDA, the median of ``triton.testing.do_bench`` (``gpu_median_ms``). Cases that cannot run here
+are skipped with the reason.
 
     pytest benchmarks/ --benchmark-only -k kd            # (N, H, V) = (512, 256, 32000)
     pytest benchmarks/ --benchmark-only -k kd --large    # (4096, 1024, 32000), (1024, 1024, 128256)
+    pytest benchmarks/ --benchmark-only -k "kd and cuda" # CUDA tensors only
 """
 
 import pytest
-import torch
 
 from mtkernels.bench import kd
-from mtkernels.bench.measure import PEAK_MEMORY_METHOD, peak_memory_mb
+from mtkernels.bench.measure import GPU_TIMER, PEAK_MEMORY_METHOD, cuda_time_ms, peak_memory_mb, synchronized
+
+
+def _params():
+    params = []
+    for device in kd.DEVICES:
+        missing = kd.cuda_missing_reason() if device == "cuda" else None
+        marks = [pytest.mark.skip(reason=missing)] if missing else []
+        params += [pytest.param(device, case, id=f"{device}-{case}", marks=marks) for case in kd.case_names(device)]
+    return params
 
 
 def pytest_generate_tests(metafunc):
@@ -21,14 +33,21 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("kd_shape", shapes, ids=[f"N{n}-H{h}-V{v}" for n, h, v in shapes])
 
 
-@pytest.mark.parametrize("case", list(kd.cases()))
-def test_kd_forward_backward(benchmark, kd_shape, case):
+@pytest.mark.parametrize("device,case", _params())
+def test_kd_forward_backward(benchmark, kd_shape, device, case):
     try:
-        fn = kd.cases()[case]()
-    except ImportError as exc:
-        pytest.skip(f"{case}: {exc}")
-    args = kd.make_inputs(kd_shape)
-    benchmark.group = f"kd forward_kd fwd+bwd N{kd_shape[0]} H{kd_shape[1]} V{kd_shape[2]}"
-    benchmark.extra_info.update(case=case, shape=kd_shape, peak_memory_method=PEAK_MEMORY_METHOD,
-                                peak_memory_mb=peak_memory_mb(lambda: fn(*args), torch.device("cpu")))
-    benchmark.pedantic(fn, args=args, rounds=3, warmup_rounds=1)
+        fn = kd.make_case(case, device)
+    except kd.Unavailable as exc:
+        pytest.skip(f"{case} on {device} tensors: {exc}")
+    args = kd.make_inputs(kd_shape, device)
+
+    def call():
+        return fn(*args)
+
+    benchmark.group = f"kd forward_kd fwd+bwd N{kd_shape[0]} H{kd_shape[1]} V{kd_shape[2]} {device}"
+    info = dict(case=case, device=device, shape=kd_shape, peak_memory_method=PEAK_MEMORY_METHOD,
+                peak_memory_mb=peak_memory_mb(call, device))
+    if device == "cuda":
+        info.update(gpu_median_ms=cuda_time_ms(call, device, rep_ms=200), gpu_timer=GPU_TIMER)
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(synchronized(fn, device), args=args, rounds=3, warmup_rounds=1)

@@ -128,10 +128,11 @@ def bench(args: argparse.Namespace) -> int:
 
 def _bench_kd(args: argparse.Namespace) -> None:
     """The self-evolution KD loss (forward + backward) beside eager, Liger and the GEMM floor."""
-    print("\nself-evolution KD loss, forward + backward, CPU")
+    devices = kd_bench.devices()  # the CPU, and CUDA tensors where there is a GPU
+    print(f"\nself-evolution KD loss, forward + backward, on {' and '.join(devices)} tensors")
     shapes = [(128, 64, 8000)] if args.quick else kd_bench.DEFAULT_SHAPES
     timing = measure.QUICK_TIMING if args.quick else measure.Timing()
-    records = kd_bench.run(shapes, timing)
+    records = kd_bench.run(shapes, timing, devices=devices)
     print(kd_bench.format_table(records))
     path = os.path.join(args.out, KD_JSON_NAME)
     with open(path, "w") as f:

@@ -1,8 +1,13 @@
 """Time and peak memory of one callable.
 
-Time: a few warm-up calls, then the median of repeated calls timed with ``time.perf_counter``,
-with ``torch.cuda.synchronize`` around each call on a GPU. The number of calls adapts to the
-cost of one call so that slow baselines don't dominate the run (``Timing``).
+Time, CPU: a few warm-up calls, then the median of repeated calls timed with
+``time.perf_counter``. The number of calls adapts to the cost of one call so that slow baselines
+don't dominate the run (``Timing``).
+
+Time, CUDA (``cuda_time_ms``): the median of ``triton.testing.do_bench``, the timer GPU kernel
+libraries report with: CUDA events around each call, the L2 cache flushed before each one, warm-up
+and repetition counts set from a first estimate of the call's cost. Without Triton, the same
+procedure written here with ``torch.cuda.Event``.
 
 Peak memory: the most bytes held at once during one call, above what was allocated before it
 (the inputs), outputs included.
@@ -18,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -36,8 +42,10 @@ PEAK_MEMORY_METHOD = (
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """How many calls to make: ``warmup`` untimed, then between ``min_runs`` and ``max_runs`` timed,
-    as many as fit in ``budget_s`` seconds at the warm-up's speed."""
+    """How many calls to make on the CPU: ``warmup`` untimed, then between ``min_runs`` and
+    ``max_runs`` timed, as many as fit in ``budget_s`` seconds at the warm-up's speed. On CUDA
+    only ``budget_s`` is used: ``cuda_time_ms`` repeats for ``100 * budget_s`` ms (do_bench's
+    default 100 ms at the default budget)."""
 
     warmup: int = 3
     min_runs: int = 5
@@ -62,9 +70,70 @@ def _timed_call(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def median_time_ms(fn: Callable[[], Any], device, timing: Timing = Timing()) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after ``timing.warmup`` untimed calls."""
+GPU_TIMER = ("triton.testing.do_bench, median: CUDA events around each call, L2 flushed before each call, "
+             "warm-up / repetitions sized from a first estimate")
+
+
+def _do_bench_median(fn: Callable[[], Any], warmup_ms: float, rep_ms: float) -> Optional[float]:
+    """``triton.testing.do_bench``'s median in ms, whichever way this Triton spells it; None without Triton."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        return None
+    params = inspect.signature(do_bench).parameters
+    kwargs: Dict[str, Any] = {"warmup": warmup_ms, "rep": rep_ms}
+    if "return_mode" in params:
+        try:
+            return float(do_bench(fn, return_mode="median", **kwargs))
+        except AssertionError:  # a Triton whose return_mode has no "median"
+            pass
+    if "quantiles" in params:  # the median as the 0.5 quantile
+        out = do_bench(fn, quantiles=[0.5], **kwargs)
+        return float(out[0] if isinstance(out, (list, tuple)) else out)
+    return float(do_bench(fn, **kwargs))
+
+
+def _events_median(fn: Callable[[], Any], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
+    """``do_bench``'s procedure with ``torch.cuda.Event``: the fallback where Triton is missing."""
+    flush = torch.empty(256 * MIB // 4, dtype=torch.int32, device=device)  # larger than any L2
+    fn()
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        flush.zero_()
+        fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    estimate = max(start.elapsed_time(end) / 5, 1e-4)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    n = max(1, int(rep_ms / estimate))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for s, e in zip(starts, ends):
+        flush.zero_()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize(device)
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def cuda_time_ms(fn: Callable[[], Any], device="cuda", warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median GPU time of ``fn()`` in milliseconds (see ``GPU_TIMER``)."""
     device = torch.device(device)
+    with torch.cuda.device(device):
+        ms = _do_bench_median(fn, warmup_ms, rep_ms)
+        return ms if ms is not None else _events_median(fn, device, warmup_ms, rep_ms)
+
+
+def median_time_ms(fn: Callable[[], Any], device, timing: Timing = Timing()) -> float:
+    """Median time of ``fn()`` in milliseconds: on CUDA ``cuda_time_ms`` with ``timing.budget_s`` as
+    its repetition time, else wall time after ``timing.warmup`` untimed calls."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return cuda_time_ms(fn, device, warmup_ms=min(25.0, 250 * timing.budget_s), rep_ms=100 * timing.budget_s)
     warm = [_timed_call(fn, device) for _ in range(max(1, timing.warmup))]
     per_call = max(min(warm), 1e-6)
     runs = int(min(timing.max_runs, max(timing.min_runs, timing.budget_s / per_call)))
