@@ -93,19 +93,33 @@ def test_baseline_x86_64_build_takes_the_scalar_paths(tmp_path):
     assert any(p.name.startswith("mtkernels_cpu_") and p.is_dir() for p in cache.iterdir())
 
 
+INSTALL_FORMS = {"plain": [], "no-build-isolation": ["--no-build-isolation"], "editable": ["-e"],
+                 "editable-no-build-isolation": ["--no-build-isolation", "-e"]}
+
+
 @pytest.mark.slow
-def test_pip_install_into_a_fresh_venv(tmp_path):
-    """``pip install .`` the plain way (build isolation on) into a fresh venv whose torch is the one
+@pytest.mark.parametrize("form", list(INSTALL_FORMS))
+def test_pip_install_into_a_fresh_venv(tmp_path, form):
+    """``pip install [-e] [--no-build-isolation] .`` into a fresh venv whose torch is the one
     installed here, then first use: import, backends, one op per family (compiled into the cache)."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=True).create(env_dir)
     python = str(env_dir / ("Scripts" if os.name == "nt" else "bin") / "python")
-    pip = subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT)], capture_output=True, text=True,
-                         timeout=900)
+    if "--no-build-isolation" in INSTALL_FORMS[form]:  # the caller provides the build requirements
+        tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+        build_requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+        subprocess.run([python, "-m", "pip", "install", "-q", *build_requires], check=True, capture_output=True,
+                       timeout=600)
+    pip = subprocess.run([python, "-m", "pip", "install", "-q", *INSTALL_FORMS[form], str(ROOT)],
+                         capture_output=True, text=True, timeout=900)
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
+    if "-e" in INSTALL_FORMS[form]:  # the checkout's package and sources
+        package, sources = repr(str(ROOT / "mtkernels")), repr(str(ROOT / "csrc"))
+    else:  # a copy in the venv, sources shipped inside the package
+        package, sources = "'site-packages'", "os.path.dirname(mtkernels.__file__)"
     installed = ("import os\nfrom mtkernels import jit\n"
-                 "assert 'site-packages' in mtkernels.__file__, mtkernels.__file__\n"
-                 "assert jit.source_root().startswith(os.path.dirname(mtkernels.__file__)), jit.source_root()\n")
+                 f"assert {package} in mtkernels.__file__, mtkernels.__file__\n"
+                 f"assert jit.source_root().startswith({sources}), jit.source_root()\n")
     cache = Path(os.environ.get(jit.CACHE_ENV) or tmp_path / "cache")  # CI's cache: the build is reused
     env = {k: v for k, v in _env(cache).items() if k != "PYTHONPATH"}  # the venv's own install, nothing else
     assert "smoke ok" in _run(SMOKE + installed, env, python=python)
