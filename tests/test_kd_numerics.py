@@ -280,17 +280,30 @@ def test_unshifted_labels_say_shift():
 
 
 def test_mode_codes_are_one_contract():
-    """The C++ Mode enum (CPU and CUDA) and the Triton rule table follow the Python MODES order."""
+    """The C++ Mode enum (CPU and CUDA) follows the Python MODES order, and the Triton kernel and
+    launcher take their hard rules and loss kinds from kd_options."""
+    from mtkernels.ops.kd_options import MODE_RULES, HardRule, LossKind, Mode
+
     header = (ROOT / "csrc" / "common" / "kd_row.h").read_text()
     enum = re.search(r"enum class Mode : int \{(.*?)\};", header, re.S).group(1)
     codes = {name: int(value) for name, value in re.findall(r"k(\w+) = (\d+)", enum)}
     assert sorted(codes.values()) == list(range(len(MODES)))
     assert {name.lower(): code for name, code in codes.items()} == {m.replace("_", ""): i for i, m in enumerate(MODES)}
     assert f"kNumModes = {len(MODES)};" in header
+    assert [m.name.lower() for m in Mode] == list(MODES) and set(MODE_RULES) == set(Mode)
     pytest.importorskip("triton")
+    from mtkernels.triton import kd_kernels
     from mtkernels.triton import self_evolution_kd as triton_kd
 
-    assert sorted(triton_kd._MODE_RULES) == list(range(len(MODES)))
+    # the kernel compares against constants taken from the enums (HardRule.NONE: no comparison)
+    constants = {f"HARD_{r.name}": int(r) for r in HardRule if r != HardRule.NONE}
+    constants.update({f"LOSS_{k.name}": int(k) for k in LossKind})
+    assert {name: getattr(kd_kernels, name).value for name in constants} == constants
+    assert not re.findall(r"(?:rule|loss_kind)\s*[!=]=\s*\d", Path(kd_kernels.__file__).read_text())
+    # the launcher passes the mode's rule, or the caller's mask
+    for mode, (rule, kind) in MODE_RULES.items():
+        assert triton_kd.kernel_rules(int(mode), False) == (int(rule), int(kind))
+        assert triton_kd.kernel_rules(int(mode), True) == (int(HardRule.FROM_MASK), int(kind))
 
 
 @st.composite

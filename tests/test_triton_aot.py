@@ -3,9 +3,8 @@
 No GPU is needed: ``triton.compile`` on an ``ASTSource`` runs Triton's whole pipeline down to a
 cubin (with the ptxas that ships with Triton), and the bundled ``cuobjdump`` reports each
 kernel's resources. A kernel that spills shows STACK or LOCAL > 0. The kernels and each
-constexpr / num_warps / dtype variant the launchers use come from each kernel module's
-``aot_specs()`` (``mtkernels.triton.collab``, ``mtkernels.triton.self_evolution_kd``), compiled
-with that module's ``aot_attrs`` and ``LAUNCH_OPTIONS``.
+constexpr / num_warps / dtype variant the launchers use come from ``mtkernels.triton.aot_specs``:
+``specs()`` lists them all, each with its signature, attrs and launch options.
 
 The compile runs in a subprocess without TRITON_INTERPRET (conftest.py sets it for the kernel
 tests, and under the interpreter ``@triton.jit`` gives functions that cannot be compiled).
@@ -27,35 +26,31 @@ NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia"
 CUOBJDUMP = os.path.join(NVIDIA_BIN, "cuobjdump")
 PTXAS = os.path.join(NVIDIA_BIN, "ptxas")
 
-# Compiles every spec for one capability; writes <out>/<module>-<i>.cubin and <out>/manifest.json.
+# Compiles every spec for one capability; writes <out>/<i>.cubin and <out>/manifest.json.
 # Specs compile in a pool of processes (each compile is single-threaded).
 _COMPILE = r"""
 import json, os, sys
 from concurrent.futures import ProcessPoolExecutor
 import triton
 from triton.backends.compiler import GPUTarget
-from mtkernels.triton import collab, self_evolution_kd
+from mtkernels.triton import aot_specs
 
-MODULES = [collab, self_evolution_kd]
 out_dir, cap = sys.argv[1], int(sys.argv[2])
 
-def build(job):
-    m, j = job
-    module = MODULES[m]
-    spec = module.aot_specs()[j]
+def build(j):
+    spec = aot_specs.specs()[j]
     src = triton.compiler.ASTSource(fn=spec["fn"], signature=spec["signature"],
-                                    constexprs=spec["constexprs"], attrs=module.aot_attrs(spec))
-    options = dict(num_warps=spec["num_warps"], **module.LAUNCH_OPTIONS)
+                                    constexprs=spec["constexprs"], attrs=spec["attrs"])
+    options = dict(spec["options"], num_warps=spec["num_warps"])
     compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=options)
-    path = os.path.join(out_dir, f"{m}-{j}.cubin")
+    path = os.path.join(out_dir, f"{j}.cubin")
     with open(path, "wb") as f:
         f.write(compiled.asm["cubin"])
     return dict(name=spec["name"], function=compiled.metadata.name, cubin=path)
 
 if __name__ == "__main__":
-    jobs = [(m, j) for m, module in enumerate(MODULES) for j in range(len(module.aot_specs()))]
     with ProcessPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        manifest = list(pool.map(build, jobs))
+        manifest = list(pool.map(build, range(len(aot_specs.specs()))))
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f)
 """
@@ -89,7 +84,7 @@ def test_kernels_compile_without_spills(capability, tmp_path):
     assert proc.returncode == 0, f"ahead-of-time compile failed:\n{proc.stderr[-6000:]}"
     with open(tmp_path / "manifest.json") as f:
         manifest = json.load(f)
-    assert manifest, "aot_specs() is empty"
+    assert manifest, "aot_specs.specs() is empty"
 
     problems, table = [], []
     for entry in manifest:

@@ -1,5 +1,5 @@
-"""The triton backend: Triton kernels for the collab primitives (mtkernels/triton/collab.py) and
-the self-evolution KD row kernel (mtkernels/triton/self_evolution_kd.py).
+"""The triton backend: registers the launchers of the collab primitives (mtkernels/triton/collab.py)
+and of the self-evolution KD row kernel (mtkernels/triton/self_evolution_kd.py).
 
 On a GPU the kernels JIT-compile on first use; on the CPU they run only under the Triton
 interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which the tests use.

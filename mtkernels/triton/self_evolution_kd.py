@@ -1,272 +1,23 @@
-"""Triton row kernel of the self-evolution KD loss (docs/kd.md; contract: the reference ``kd_rows``).
+"""Launcher of the Triton self-evolution KD row kernel (mtkernels/triton/kd_kernels.py) and its
+launch configuration: the contract's ``kd`` ``rows`` kernel (docs/kd.md; reference ``kd_rows``).
 
-One program per row walks the row's vocabulary in BLOCK-sized tiles, up to three times:
-
-1. statistics: running maxes and shifted moments of student and teacher (online max-rescaling),
-   from which d, the easy / forward_kd / reverse_kd losses and the hard/easy decision follow;
-2. hard rows only: the hard loss KL(ỹ ‖ m) and R = Σ_j q_j r_j (log space, lse known);
-3. compute_grad only: the gradient with respect to the raw logits, written over the student row
-   (times grad_scale[i] / T; zeros past ``vocab`` and on ignored rows).
-
-Moments are kept relative to the running maxes of the *raw* logits (``Σ e^{ds} ds`` with
-``ds = (x - max x) / T`` rather than ``Σ p x``): the shift happens before the division by T, so
-neither large logits nor small temperatures lose the small differences to cancellation, and no exp
-ever sees a positive argument. Products whose first factor (a probability or target mass) is 0 are
-0, and logs that feed further exps are floored at a finite stand-in for log 0, so masked (-inf)
-logits give no NaN. Nothing of size n x V is allocated: the gradient reuses the student's storage.
+A mode reaches the kernel as (hard rule, loss kind), runtime ints from ``kd_options.MODE_RULES``
+(one compiled variant serves every mode); a caller-given hard mask makes the rule
+``HardRule.FROM_MASK``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
-import triton
-import triton.language as tl
 
-Tensor = torch.Tensor
-# Same reasons as collab.LAUNCH_OPTIONS: no fp contraction (one rounding per op, as the reference's
-# operations), and a register budget so that ptxas 13 (sm_90) does not spill 256-thread kernels.
-LAUNCH_OPTIONS = {"enable_fp_fusion": False, "maxnreg": 128}
+from ..ops.kd_options import MODE_RULES, HardRule, Mode
+from .kd_kernels import kd_rows_kernel
+from .utils import LAUNCH_OPTIONS, Tensor, log_or_neg_inf, next_pow2
 
-# host-side encodings of the contract's modes (runtime ints: one compiled variant serves them all)
-HARD_NONE, HARD_IF_DIFFICULT, HARD_ALL_VALID, HARD_FROM_MASK = 0, 1, 2, 3
-LOSS_SELF_EVOLUTION, LOSS_FORWARD_KD, LOSS_REVERSE_KD = 0, 1, 2
-_MODE_RULES = {  # mode -> (hard rule without a mask, loss kind)
-    0: (HARD_IF_DIFFICULT, LOSS_SELF_EVOLUTION), 1: (HARD_NONE, LOSS_SELF_EVOLUTION),
-    2: (HARD_ALL_VALID, LOSS_SELF_EVOLUTION), 3: (HARD_NONE, LOSS_SELF_EVOLUTION),
-    4: (HARD_NONE, LOSS_FORWARD_KD), 5: (HARD_NONE, LOSS_REVERSE_KD),
-}
-
-
-# --- device helpers ------------------------------------------------------------------------------
-
-LOG_FLOOR = tl.constexpr(-1e30)  # finite stand-in for log 0: exp of it is exactly 0
-
-
-@triton.jit
-def max_move(old_max, new_max, inv_temperature):
-    """(factor, shift) re-expressing sums kept relative to the raw running max ``old_max`` relative
-    to ``new_max``: e^{shift} and (old - new) / T; (1, 0) when the max did not move, (0, 0) while
-    nothing finite had been seen (the factor then multiplies empty sums)."""
-    moved = new_max != old_max
-    had = old_max != float("-inf")
-    shift = tl.where(moved & had, (old_max - new_max) * inv_temperature, 0.0)
-    return tl.where(moved, tl.where(had, tl.exp(shift), 0.0), 1.0), shift
-
-
-@triton.jit
-def shift_origin(m):
-    """What a tile is shifted by: the running max, or 0 while it is -inf (every value seen is -inf)."""
-    return tl.where(m == float("-inf"), 0.0, m)
-
-
-@triton.jit
-def centered_tile(x, valid, new_max, inv_temperature):
-    """((x - max) / T, its exp) of a raw tile; -inf and 0 where not valid or masked."""
-    centered = tl.where(valid, (x - shift_origin(new_max)) * inv_temperature, float("-inf"))
-    return centered, tl.exp(centered)
-
-
-@triton.jit
-def mass_times(e, v):
-    """e · v, 0 where e = 0 (whatever v: a column without mass adds nothing; v is selected first, so
-    no 0 · inf is ever formed)."""
-    return e * tl.where(e > 0.0, v, 0.0)
-
-
-@triton.jit
-def weighted(w, v):
-    """w · v, 0 where the weight w is 0 (even where v is infinite)."""
-    return tl.where(w == 0.0, 0.0, w * v)
-
-
-@triton.jit
-def accumulate_moments(z, w_self, w_cross, scale, shift_self, shift_other, e, c_self, c_other):
-    """One stream's moments z = Σ e^{x-m}, w_self = Σ e^{x-m}(x - m), w_cross = Σ e^{x-m}(v - m_v)
-    (v the other stream) after its max moved by (scale, shift_self) and the other's by shift_other,
-    plus one tile (e = e^{x - M}, c_* centered values)."""
-    w_self = weighted(scale, w_self + shift_self * z) + tl.sum(mass_times(e, c_self), axis=0)
-    w_cross = weighted(scale, w_cross + shift_other * z) + tl.sum(mass_times(e, c_other), axis=0)
-    z = scale * z + tl.sum(e, axis=0)
-    return z, w_self, w_cross
-
-
-@triton.jit
-def load_raw(ptr, cols, valid):
-    """A tile of raw logits, -inf where not valid."""
-    return tl.load(ptr + cols, mask=valid, other=float("-inf"))
-
-
-@triton.jit
-def log_prob_tile(ptr, cols, valid, row_max, log_z, inv_temperature):
-    """log softmax of a raw tile given its row's raw max and log Σ e^{(x - max)/T}, floored at LOG_FLOOR."""
-    return tl.maximum((load_raw(ptr, cols, valid) - row_max) * inv_temperature - log_z, LOG_FLOOR)
-
-
-@triton.jit
-def logaddexp(a, b):
-    """log(e^a + e^b) for a finite a (b may be -inf)."""
-    hi = tl.maximum(a, b)
-    return hi + tl.log(1.0 + tl.exp(tl.minimum(a, b) - hi))
-
-
-@triton.jit
-def target_tile(log_p, is_label, lam, log_lam, y_g, log_y_g):
-    """ỹ and log ỹ of a tile: λ p_j off the label, ỹ_g on it; log ỹ floored where ỹ = 0 (λ = 0)."""
-    y = tl.where(is_label, y_g, lam * tl.exp(log_p))
-    log_y = tl.maximum(tl.where(is_label, log_y_g, log_lam + log_p), LOG_FLOOR)
-    return y, log_y
-
-
-@triton.jit
-def log_mixture(log_q, log_y, log_beta, log_1m_beta):
-    """log m = log(β q + (1 - β) ỹ) in log space (log(1 - β) = -inf when β = 1: m = q)."""
-    return logaddexp(log_beta + log_q, log_1m_beta + log_y)
-
-
-@triton.jit
-def self_kd_row_terms(lam, lam_log_lam, log_z_s, log_z_t, w_ss, w_st, w_tt, w_ts, z_s, z_t, log_q_g, log_p_g):
-    """(d, forward_kd, reverse_kd, KL(q ‖ p), ỹ_g, log ỹ_g) of a row from its pass-1 statistics.
-    Every Σ is relative to the maxes: Σ p log p = w_tt / z_t - log z_t, and so on."""
-    kl_pq = (w_tt - w_ts) / z_t - log_z_t + log_z_s
-    kl_qp = (w_ss - w_st) / z_s - log_z_s + log_z_t
-    p_g = tl.exp(log_p_g)
-    y_g = 1.0 - lam + lam * p_g
-    # λ = 1 and p_g = 0: ỹ_g = 0, log ỹ_g = -inf, and 0 log 0 = 0
-    log_y_g = tl.log(y_g)
-    ce = -log_q_g
-    # d = λ log λ (1 - p_g) + λ (KL(p ‖ q) - p_g log p_g) + ỹ_g log ỹ_g + (1 - λ) CE
-    d = (lam_log_lam * (1.0 - p_g) + weighted(lam, kl_pq - mass_times(p_g, log_p_g)) + mass_times(y_g, log_y_g)
-         + weighted(1.0 - lam, ce))
-    forward_kd = weighted(1.0 - lam, ce) + weighted(lam, kl_pq)
-    reverse_kd = weighted(1.0 - lam, ce) + weighted(lam, kl_qp)
-    return d, forward_kd, reverse_kd, kl_qp, y_g, log_y_g
-
-
-@triton.jit
-def is_hard_row(rule, d, gamma, hard_ptr, row):
-    """The hard/easy decision of a valid row (rule: HARD_* of the launcher)."""
-    flag = tl.load(hard_ptr + row, mask=rule == 3, other=0) != 0  # HARD_FROM_MASK
-    return ((rule == 1) & (d > gamma)) | (rule == 2) | flag
-
-
-# --- the kernel ----------------------------------------------------------------------------------
-
-@triton.jit
-def kd_rows_kernel(student_ptr, teacher_ptr, labels_ptr, hard_ptr, grad_scale_ptr,
-                   loss_ptr, d_ptr, is_hard_ptr,
-                   stride_s, stride_t, row_len_s, vocab, ignore_index,
-                   hard_rule, loss_kind, compute_grad,
-                   lam, log_lam, lam_log_lam, log_beta, log_1m_beta, beta, gamma, inv_temperature,
-                   BLOCK: tl.constexpr):
-    """Program i: row i's loss, d and is_hard, and (compute_grad) its gradient over student[i]
-    (see the module docstring for the passes; hard_rule / loss_kind are HARD_* / LOSS_*)."""
-    row = tl.program_id(0)
-    s_row = student_ptr + row.to(tl.int64) * stride_s
-    t_row = teacher_ptr + row.to(tl.int64) * stride_t
-    label = tl.load(labels_ptr + row)
-    offs = tl.arange(0, BLOCK)
-    if label != ignore_index:
-        # pass 1: running maxes m_*, z_* = Σ e^{x - m_x}, w_ab = Σ e^{a - m_a}(b - m_b)
-        m_s = tl.full((), float("-inf"), tl.float32)
-        m_t = tl.full((), float("-inf"), tl.float32)
-        z_s = tl.zeros((), tl.float32)
-        z_t = tl.zeros((), tl.float32)
-        w_ss = tl.zeros((), tl.float32)
-        w_st = tl.zeros((), tl.float32)
-        w_tt = tl.zeros((), tl.float32)
-        w_ts = tl.zeros((), tl.float32)
-        for start in range(0, vocab, BLOCK):
-            cols = start + offs
-            valid = cols < vocab
-            s = load_raw(s_row, cols, valid)
-            t = load_raw(t_row, cols, valid)
-            new_m_s = tl.maximum(m_s, tl.max(s, axis=0))
-            new_m_t = tl.maximum(m_t, tl.max(t, axis=0))
-            scale_s, shift_s = max_move(m_s, new_m_s, inv_temperature)
-            scale_t, shift_t = max_move(m_t, new_m_t, inv_temperature)
-            c_s, e_s = centered_tile(s, valid, new_m_s, inv_temperature)
-            c_t, e_t = centered_tile(t, valid, new_m_t, inv_temperature)
-            z_s, w_ss, w_st = accumulate_moments(z_s, w_ss, w_st, scale_s, shift_s, shift_t, e_s, c_s, c_t)
-            z_t, w_tt, w_ts = accumulate_moments(z_t, w_tt, w_ts, scale_t, shift_t, shift_s, e_t, c_t, c_s)
-            m_s = new_m_s
-            m_t = new_m_t
-
-        log_z_s = tl.log(z_s)
-        log_z_t = tl.log(z_t)
-        # log q_g, log p_g centered on the raw max first: no cancellation against lse
-        log_q_g = (tl.load(s_row + label) - m_s) * inv_temperature - log_z_s
-        log_p_g = (tl.load(t_row + label) - m_t) * inv_temperature - log_z_t
-        d, forward_kd, reverse_kd, kl_qp, y_g, log_y_g = self_kd_row_terms(
-            lam, lam_log_lam, log_z_s, log_z_t, w_ss, w_st, w_tt, w_ts, z_s, z_t, log_q_g, log_p_g)
-        # a row whose student or teacher logits are all -inf has no distribution: NaN, never a number
-        has_distribution = (m_s > float("-inf")) & (m_t > float("-inf"))
-        d = tl.where(has_distribution, d, float("nan"))
-        hard = is_hard_row(hard_rule, d, gamma, hard_ptr, row) & has_distribution
-        use_hard_loss = hard & (loss_kind == 0)  # LOSS_SELF_EVOLUTION
-
-        # pass 2 (hard loss rows): KL(ỹ ‖ m) and R = Σ_j q_j r_j (each q_j r_j <= ỹ_j / β)
-        hard_loss = tl.zeros((), tl.float32)
-        big_r = tl.zeros((), tl.float32)
-        if use_hard_loss:
-            for start in range(0, vocab, BLOCK):
-                cols = start + offs
-                valid = cols < vocab
-                log_q = log_prob_tile(s_row, cols, valid, m_s, log_z_s, inv_temperature)
-                log_p = log_prob_tile(t_row, cols, valid, m_t, log_z_t, inv_temperature)
-                y, log_y = target_tile(log_p, cols == label, lam, log_lam, y_g, log_y_g)
-                log_m = log_mixture(log_q, log_y, log_beta, log_1m_beta)
-                # terms with ỹ_j = 0 are skipped: select the log gap before multiplying (0 * -inf)
-                gap = tl.where(valid & (y > 0.0), log_y - log_m, 0.0)
-                hard_loss += tl.sum(y * gap, axis=0)
-                big_r += tl.sum(tl.where(valid, tl.exp(log_q + log_y - log_m), 0.0), axis=0)
-
-        loss = tl.where(use_hard_loss, hard_loss, d)
-        loss = tl.where(loss_kind == 1, forward_kd, loss)  # LOSS_FORWARD_KD
-        loss = tl.where(loss_kind == 2, reverse_kd, loss)  # LOSS_REVERSE_KD
-        loss = tl.where(has_distribution, loss, float("nan"))
-        tl.store(loss_ptr + row, loss)
-        tl.store(d_ptr + row, d)
-        tl.store(is_hard_ptr + row, hard.to(tl.int8))
-
-        # pass 3: d(grad_scale * loss) / d raw logits over the whole student row
-        if compute_grad:
-            coef = tl.load(grad_scale_ptr + row) * inv_temperature
-            for start in range(0, row_len_s, BLOCK):
-                cols = start + offs
-                valid = cols < vocab
-                is_label = cols == label
-                log_q = log_prob_tile(s_row, cols, valid, m_s, log_z_s, inv_temperature)
-                log_p = log_prob_tile(t_row, cols, valid, m_t, log_z_t, inv_temperature)
-                q = tl.exp(log_q)
-                y, log_y = target_tile(log_p, is_label, lam, log_lam, y_g, log_y_g)
-                if use_hard_loss:  # β q_k (R - r_k), with q_k r_k formed in log space (no overflow)
-                    log_m = log_mixture(log_q, log_y, log_beta, log_1m_beta)
-                    grad = beta * (q * big_r - tl.exp(log_q + log_y - log_m))
-                elif loss_kind == 2:  # reverse_kd
-                    grad = ((1.0 - lam) * (q - tl.where(is_label, 1.0, 0.0))
-                            + lam * q * (log_q - log_p - kl_qp))
-                else:  # easy, noevo, forward_kd
-                    grad = q - y
-                grad = tl.where(has_distribution, grad, float("nan"))
-                tl.store(s_row + cols, tl.where(valid, grad * coef, 0.0), mask=cols < row_len_s)
-    else:
-        tl.store(loss_ptr + row, 0.0)
-        tl.store(d_ptr + row, 0.0)
-        tl.store(is_hard_ptr + row, tl.zeros((), tl.int8))
-        if compute_grad:
-            for start in range(0, row_len_s, BLOCK):
-                cols = start + offs
-                tl.store(s_row + cols, tl.zeros((BLOCK,), tl.float32), mask=cols < row_len_s)
-
-
-# --- launch configuration and launcher -----------------------------------------------------------
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
+# --- launch configuration (aot_specs.py compiles the variants it picks) ---------------------------
 
 GPU_BLOCKS = (128, 256, 512, 1024, 2048)
 
@@ -276,18 +27,28 @@ def kd_config(row_len: int, device: torch.device) -> Tuple[int, int]:
     dozen values per column live; 16 columns per thread spill at the 128-register budget). The
     interpreter (one thread of numpy calls) uses the same tiles, so the tests walk rows of several
     tiles, a ragged last one included."""
-    block = max(GPU_BLOCKS[0], min(_next_pow2(row_len), GPU_BLOCKS[-1]))
+    block = max(GPU_BLOCKS[0], min(next_pow2(row_len), GPU_BLOCKS[-1]))
     return block, max(1, min(8, block // 256)) if device.type == "cuda" else 1
 
 
-def _log_or_neg_inf(x: float) -> float:
-    return math.log(x) if x > 0 else -math.inf
+# --- launcher --------------------------------------------------------------------------------------
+
+def kernel_rules(mode: int, hard_mask_given: bool) -> Tuple[int, int]:
+    """(hard rule, loss kind) codes of the kernel for a mode code (``Mode``)."""
+    hard_rule, loss_kind = MODE_RULES[mode]
+    if hard_mask_given:
+        hard_rule = HardRule.FROM_MASK
+    return int(hard_rule), int(loss_kind)
 
 
 def rows(student: Tensor, teacher: Tensor, labels: Tensor, hard: Optional[Tensor], grad_scale: Tensor, mode: int,
          lam: float, beta: float, gamma: float, temperature: float, ignore_index: int, vocab: int,
          compute_grad: bool):
-    """The contract's ``kd`` ``rows`` kernel: (loss, d, is_hard), student overwritten by the gradient."""
+    """The contract's ``kd`` ``rows`` kernel: (loss ``(n,)`` fp32, d ``(n,)`` fp32, is_hard ``(n,)``
+    bool), student overwritten by the gradient (when compute_grad).
+
+    student ``(n, V_s)`` fp32 with unit column stride, teacher ``(n, V_t)`` fp32, labels ``(n,)``,
+    hard ``(n,)`` bool or None, grad_scale ``(n,)``; 1 <= vocab <= min(V_s, V_t)."""
     n = student.shape[0]
     if student.dim() != 2 or teacher.dim() != 2 or teacher.shape[0] != n or labels.shape != (n,):
         raise ValueError(f"expected student (n, V_s), teacher (n, V_t), labels (n,); got "
@@ -298,8 +59,8 @@ def rows(student: Tensor, teacher: Tensor, labels: Tensor, hard: Optional[Tensor
         raise ValueError("student must have unit column stride")
     if not 1 <= vocab <= min(student.shape[1], teacher.shape[1]):
         raise ValueError(f"vocab must be in [1, min(V_s, V_t)], got {vocab}")
-    if mode not in _MODE_RULES:
-        raise ValueError(f"mode must be in 0..5, got {mode}")
+    if mode not in MODE_RULES:
+        raise ValueError(f"mode must be in 0..{len(Mode) - 1}, got {mode}")
     device = student.device
     teacher = teacher if teacher.stride(1) == 1 else teacher.contiguous()
     labels = labels.to(device=device, dtype=torch.int64).contiguous()
@@ -307,9 +68,9 @@ def rows(student: Tensor, teacher: Tensor, labels: Tensor, hard: Optional[Tensor
     loss = torch.empty(n, dtype=torch.float32, device=device)
     d = torch.empty_like(loss)
     is_hard = torch.empty(n, dtype=torch.int8, device=device)
-    hard_rule, loss_kind = _MODE_RULES[mode]
+    hard_rule, loss_kind = kernel_rules(mode, hard is not None)
     if hard is not None:
-        hard_rule, hard_ptr = HARD_FROM_MASK, hard.to(device=device, dtype=torch.bool).contiguous().view(torch.int8)
+        hard_ptr = hard.to(device=device, dtype=torch.bool).contiguous().view(torch.int8)
     else:
         hard_ptr = is_hard  # never read
     if n:
@@ -318,41 +79,7 @@ def rows(student: Tensor, teacher: Tensor, labels: Tensor, hard: Optional[Tensor
             student, teacher, labels, hard_ptr, grad_scale, loss, d, is_hard,
             student.stride(0), teacher.stride(0), student.shape[1], vocab, ignore_index,
             hard_rule, loss_kind, int(bool(compute_grad)),
-            float(lam), _log_or_neg_inf(lam), lam * math.log(lam) if lam > 0 else 0.0,
-            _log_or_neg_inf(beta), _log_or_neg_inf(1.0 - beta), float(beta), float(gamma), 1.0 / temperature,
+            float(lam), log_or_neg_inf(lam), lam * math.log(lam) if lam > 0 else 0.0,
+            log_or_neg_inf(beta), log_or_neg_inf(1.0 - beta), float(beta), float(gamma), 1.0 / temperature,
             BLOCK=block, num_warps=warps, **LAUNCH_OPTIONS)
     return loss, d, is_hard.view(torch.bool)
-
-
-# --- ahead-of-time compile specs (tests/test_triton_aot.py) ----------------------------------------
-
-_SIGNATURE = dict(student_ptr="*fp32", teacher_ptr="*fp32", labels_ptr="*i64", hard_ptr="*i8",
-                  grad_scale_ptr="*fp32", loss_ptr="*fp32", d_ptr="*fp32", is_hard_ptr="*i8",
-                  stride_s="i32", stride_t="i32", row_len_s="i32", vocab="i32", ignore_index="i32",
-                  hard_rule="i32", loss_kind="i32", compute_grad="i32",
-                  lam="fp32", log_lam="fp32", lam_log_lam="fp32", log_beta="fp32", log_1m_beta="fp32",
-                  beta="fp32", gamma="fp32", inv_temperature="fp32")
-
-
-def aot_specs() -> List[dict]:
-    """kd_rows_kernel at every BLOCK / num_warps the GPU launcher picks (fp32 logits), in the form
-    of collab.aot_specs(): name, fn, signature, constexprs, num_warps, aligned."""
-    signature = {name: _SIGNATURE.get(name, "constexpr") for name in kd_rows_kernel.arg_names}
-    specs = []
-    for block in GPU_BLOCKS:
-        warps = kd_config(block, torch.device("cuda"))[1]
-        for aligned in ([False, True] if block == GPU_BLOCKS[-1] else [False]):
-            specs.append(dict(name=f"kd_rows_kernel[fp32;BLOCK={block};w{warps}{';D' if aligned else ''}]",
-                              fn=kd_rows_kernel, signature=signature, constexprs=dict(BLOCK=block),
-                              num_warps=warps, aligned=aligned))
-    return specs
-
-
-def aot_attrs(spec: dict) -> dict:
-    """tt.divisibility=16 on every pointer and, for aligned specs (V = 32000, 152064, ...), on the
-    row strides, row length and vocab, as the JIT specialises them."""
-    names = list(spec["signature"])
-    divisible = [n for n, t in spec["signature"].items() if t.startswith("*")]
-    if spec["aligned"]:
-        divisible += ["stride_s", "stride_t", "row_len_s", "vocab"]
-    return {(names.index(n),): [["tt.divisibility", 16]] for n in divisible}
