@@ -13,7 +13,7 @@ from .ops.collab import CollabSoftmaxOutput, collab_logits, fused_collab_sample,
 from .ops.kd_from_logits import self_evolution_kd_loss_from_logits
 from .ops.self_evolution_kd import KDStats, self_evolution_kd_loss
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 backends.load_all()  # resolved at import: a traced call must never import a backend module
 
