@@ -17,6 +17,16 @@ __version__ = "0.3.0"
 
 backends.load_all()  # resolved at import: a traced call must never import a backend module
 
+
+def __getattr__(name):
+    # mtkernels.generation needs transformers: imported on first use, not with the package
+    if name == "generation":
+        import importlib
+
+        return importlib.import_module(".generation", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CollabSoftmaxOutput",
     "KDStats",
@@ -25,6 +35,7 @@ __all__ = [
     "collab_logits",
     "fused_collab_sample",
     "fused_collab_softmax",
+    "generation",
     "nn",
     "self_evolution_kd_loss",
     "self_evolution_kd_loss_from_logits",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mtkernels
+from mtkernels.generation.keys import step_keys
 from mtkernels.gumbel import row_keys
 from mtkernels.reference import collab as ref
 
@@ -219,3 +220,32 @@ def test_per_row_top_k_sampling_stays_within_each_rows_k(backend):
     assert set(ids[:reps].tolist()) == {int(order[0])}  # k = 1: the arg-max
     # k > 1 is not cut to a narrower list: a flat distribution (temperature 3) reaches past rank 1
     assert all(rank[ids[i * reps:(i + 1) * reps]].max() >= 1 for i in range(1, len(ks)))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_sample_with_given_keys(backend):
+    """``keys=``: a row's token is a function of its own key; every backend draws the reference's token."""
+    device = device_for(backend)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 301, generator=g), torch.randn(5, 301, generator=g)
+    xd, yd = x.to(device), y.to(device)
+    keys = step_keys(11, torch.arange(5), 0)
+    kwargs = dict(temperature=1.5, top_k=100, top_p=0.9)
+    first = mtkernels.fused_collab_sample([xd, yd], [1.0, -0.5], keys=keys, backend=backend, **kwargs).cpu()
+    again = mtkernels.fused_collab_sample([xd, yd], [1.0, -0.5], keys=keys.clone().to(device), backend=backend,
+                                          **kwargs)
+    assert torch.equal(first, again.cpu())
+    part = mtkernels.fused_collab_sample([xd[3:], yd[3:]], [1.0, -0.5], keys=keys[3:], backend=backend, **kwargs)
+    assert torch.equal(part.cpu(), first[3:])
+    ref_ids = mtkernels.fused_collab_sample([x, y], [1.0, -0.5], keys=keys, backend="reference", **kwargs)
+    assert torch.equal(ref_ids, first)
+    many = {tuple(mtkernels.fused_collab_sample([xd, yd], keys=step_keys(s, torch.arange(5), 0), backend=backend,
+                                                **kwargs).tolist()) for s in range(6)}
+    assert len(many) > 1
+    for bad, error in [(keys[:4], ValueError), (keys.to(torch.int32), TypeError), (keys.float(), TypeError),
+                       (keys.tolist(), TypeError), (torch.tensor([0, 1, 2, 3, 2**32]), ValueError),
+                       (torch.tensor([0, -1, 2, 3, 4]), ValueError), (keys.view(5, 1), ValueError)]:
+        with pytest.raises(error, match="keys"):
+            mtkernels.fused_collab_sample([xd, yd], keys=bad, backend=backend)
+    with pytest.raises(ValueError, match="keys"):
+        mtkernels.fused_collab_sample([xd, yd], keys=keys, generator=torch.Generator(), backend=backend)

@@ -122,7 +122,8 @@ def _sample_impl(logits: List[Tensor], weights: Tensor, temperature: Tensor, voc
                  max_top_k: int, top_p: Optional[Tensor], min_p: Optional[Tensor], greedy: bool, keys: Tensor,
                  need_logprobs: bool, unchecked: int, backend: str) -> Tuple[Tensor, Tensor]:
     # top_k / top_p / min_p None: that filter is off for every row (saves work on every path).
-    invalid = args.check_in_op(unchecked, weights=weights, temperature=temperature, top_p=top_p, min_p=min_p)
+    invalid = args.check_in_op(unchecked, weights=weights, temperature=temperature, top_p=top_p, min_p=min_p,
+                               keys=keys)
     weights, temperature, top_p, min_p = map(_float32, (weights, temperature, top_p, min_p))
     whole = backends.whole_op(FAMILY, "sample", backend)
     if whole is not None:
@@ -282,7 +283,8 @@ def fused_collab_softmax(logits: LogitsArg, weights=None, *, top_k: Union[int, T
 
 def fused_collab_sample(logits: LogitsArg, weights=None, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
                         greedy: bool = False, generator: Optional[torch.Generator] = None,
-                        return_logprobs: bool = False, vocab_size: Optional[int] = None, backend: str = "auto"):
+                        return_logprobs: bool = False, vocab_size: Optional[int] = None, backend: str = "auto",
+                        keys: Optional[Tensor] = None):
     """Draw one token per row from ``softmax(Σ_m w_m·logits_m / τ)`` after top-k → top-p → min-p.
 
     Args:
@@ -293,6 +295,13 @@ def fused_collab_sample(logits: LogitsArg, weights=None, *, temperature=1.0, top
         greedy: take ``argmax z`` (lowest id on ties) instead of sampling.
         generator: the source of the per-row random keys; the same seed gives the same tokens.
             A CPU generator works with GPU logits too (one small copy of the keys).
+        keys: instead of ``generator``, the per-row keys themselves: a ``(B,)`` int64 tensor of
+            32-bit keys, each in ``[0, 2**32)``, on the CPU or the logits' device. Row ``b``'s token
+            is a pure function of its logits, the filters and ``keys[b]`` (the same key gives the
+            same token whatever the other rows), so callers can derive keys from, e.g., (seed,
+            sentence, step) (``mtkernels.generation.keys``). Mutually exclusive with ``generator``.
+            Values are checked in eager mode, and in the op body for CPU tensors (also under
+            ``torch.compile``; compiled GPU code marks rows with a bad key instead: id -1).
         return_logprobs: also return each token's log-probability under the filtered,
             renormalised distribution.
 
@@ -315,15 +324,16 @@ def fused_collab_sample(logits: LogitsArg, weights=None, *, temperature=1.0, top
     if not isinstance(greedy, bool):
         raise TypeError(f"greedy: expected a bool, got {type(greedy).__name__}")
     args.check_generator(generator, device)
+    given_keys, keys_unchecked = args.keys_arg(keys, generator, b, device)
     rows_k, max_k = args.top_k_arg(top_k, b, inp.vocab_size, device, allow_zero=True)
     p, p_unchecked = args.filter_param(top_p, "top_p", 1.0, b, device)
     mp, mp_unchecked = args.filter_param(min_p, "min_p", 0.0, b, device)
     name = backends.resolve_backend(backend, device, FAMILY)
-    keys = row_keys(b, device, generator)
+    keys = row_keys(b, device, generator) if given_keys is None else given_keys
     per_row_k = rows_k if isinstance(top_k, torch.Tensor) else None  # a scalar k is the candidate width
     ids, logprobs = _call(_sample_op, _sample_impl, inp.logits, inp.weights, inp.temperature, inp.vocab_size,
                           per_row_k, max_k, p, mp, greedy, keys, return_logprobs,
-                          inp.unchecked | p_unchecked | mp_unchecked, name)
+                          inp.unchecked | p_unchecked | mp_unchecked | keys_unchecked, name)
     return (ids, logprobs) if return_logprobs else ids
 
 

@@ -25,7 +25,8 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_TOP_K = 1024
 
 # Tensor parameters whose values the op body still has to check: the bits of the ops' `unchecked`.
-CHECK_WEIGHTS, CHECK_TEMPERATURE, CHECK_TOP_P, CHECK_MIN_P = 1, 2, 4, 8
+CHECK_WEIGHTS, CHECK_TEMPERATURE, CHECK_TOP_P, CHECK_MIN_P, CHECK_KEYS = 1, 2, 4, 8, 16
+KEY_LIMIT = 2**32  # sampling keys are 32-bit: (B,) int64 values in [0, 2**32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +68,11 @@ RANGES: Dict[str, Tuple[str, Callable]] = {
     "temperature": ("finite and > 0 in float32", lambda v, v32: is_finite(v32) & (v32 > 0)),
     "top_p": ("in (0, 1] (in float32)", lambda v, v32: (v32 > 0) & (v32 <= 1)),
     "min_p": ("in [0, 1) (in float32)", lambda v, v32: (v32 >= 0) & (v32 < 1)),
+    # integer keys: the float32 copy the other checks look at plays no part
+    "keys": ("a 32-bit key in [0, 2**32)", lambda v, v32: (v >= 0) & (v < KEY_LIMIT)),
 }
-_CHECK_BITS = {"weights": CHECK_WEIGHTS, "temperature": CHECK_TEMPERATURE, "top_p": CHECK_TOP_P, "min_p": CHECK_MIN_P}
+_CHECK_BITS = {"weights": CHECK_WEIGHTS, "temperature": CHECK_TEMPERATURE, "top_p": CHECK_TOP_P, "min_p": CHECK_MIN_P,
+               "keys": CHECK_KEYS}
 
 
 def _scalar_hint(value: float, v32: float) -> str:
@@ -93,7 +97,7 @@ def check_scalar(name: str, value) -> float:
 
 def bad_rows(name: str, value: Tensor) -> Tensor:
     """``(B,)`` bool: rows of a ``(B,)`` or ``(B, M)`` parameter tensor out of its range in float32."""
-    ok = RANGES[name][1](value, value.to(torch.float32))
+    ok = RANGES[name][1](value, value if name == "keys" else value.to(torch.float32))
     return ~(ok if ok.dim() == 1 else ok.all(1))
 
 
@@ -291,3 +295,26 @@ def check_generator(generator: Optional[torch.Generator], device: torch.device) 
         # same tokens on every device); a GPU generator must be on the logits' device type.
         if generator.device.type not in ("cpu", device.type):
             raise ValueError(f"generator: on {generator.device}, but logits are on {device}")
+
+
+def keys_arg(keys, generator: Optional[torch.Generator], batch: int,
+             device: torch.device) -> Tuple[Optional[Tensor], int]:
+    """``keys=`` of the sampling op: ``((B,) int64 on the logits' device, unchecked bit)``, or
+    ``(None, 0)`` when absent (the keys then come from ``generator``). Shape, dtype and device are
+    checked here; values (each in ``[0, 2**32)``) here in eager mode unless keys and logits are
+    both on the CPU, where the op body checks them (so the check holds under ``torch.compile``)."""
+    if keys is None:
+        return None, 0
+    if generator is not None:
+        raise ValueError("keys: pass either keys= (one 32-bit key per row) or generator=, not both")
+    expected = f"a ({batch},) int64 tensor of 32-bit keys in [0, 2**32)"
+    if not _is_tensor(keys):
+        raise TypeError(f"keys: expected {expected}, got {type(keys).__name__}")
+    if keys.dtype != torch.int64:
+        raise TypeError(f"keys: expected {expected}, got dtype {keys.dtype}")
+    if tuple(keys.shape) != (batch,):
+        raise ValueError(f"keys: expected {expected} (one per row), got shape {tuple(keys.shape)}")
+    if keys.device.type != "cpu" and keys.device != device:
+        raise ValueError(f"keys: on {keys.device}, but logits are on {device} (keys may be on the CPU)")
+    checked = _checked_here("keys", keys, device)
+    return keys.to(device=device).contiguous(), 0 if checked else CHECK_KEYS
