@@ -1,17 +1,23 @@
 """The ``mtkernels`` command.
 
-    mtkernels bench [--out DIR] [--quick] [--backend NAME] [--no-compile]
+    mtkernels bench [--out DIR] [--quick] [--backend NAME] [--no-compile] [--no-kd] [--no-generation]
+    mtkernels translate --large DIR --small DIR ... --src-lang ja --tgt-lang en --input FILE [--ref FILE] ...
     mtkernels backends
     mtkernels build [--cuda-arch 8.0,9.0] [--dry-run]
 
 ``bench`` times the collaborative-decoding ops on every available fused backend against the
 PyTorch chains they replace, prints one line per case as it runs and then a table, and writes
-``DIR/collab.json`` and ``DIR/collab_speedup_vs_vocab.png`` (default DIR: ``bench-results``).
+``DIR/collab.json`` and ``DIR/collab_speedup_vs_vocab.png`` (default DIR: ``bench-results``); then
+the self-evolution KD loss (``DIR/kd.json``) and end-to-end generation, ``CollabGenerator`` against
+a proxy-tuning loop of Hugging Face forwards and warpers (``DIR/generation.json``).
+
+``translate`` translates a file with collaborative decoding and scores it (``mtkernels.translate``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,14 +29,20 @@ import torch
 
 import mtkernels
 
-from .bench import kd as kd_bench
-from .bench import measure, problems, report
-from .bench.collab import bench_backends
-from .bench.runner import Record, SuiteConfig, run_suite
+from . import translate as translate_cmd
+
+# The bench modules (which import transformers) are imported by the commands that use them.
 
 JSON_NAME = "collab.json"
 KD_JSON_NAME = "kd.json"
+GENERATION_JSON_NAME = "generation.json"
 PLOT_NAME = "collab_speedup_vs_vocab.png"
+
+
+def _one_line_error(prog: str, message: str) -> None:
+    """argparse's error, on one line (no usage block): ``prog: error: message``, exit status 2."""
+    print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-compile", dest="compile", action="store_false",
                        help="skip the torch.compile baseline")
     bench.add_argument("--no-kd", dest="kd", action="store_false", help="skip the self-evolution KD loss")
+    bench.add_argument("--no-generation", dest="generation", action="store_false",
+                       help="skip end-to-end generation (CollabGenerator against a proxy-tuning loop)")
+    translate = commands.add_parser("translate", help="translate a file with collaborative decoding, score it",
+                                    description="Translate a file with collaborative decoding (a large model "
+                                                "and small ones) and score it with SacreBLEU.")
+    translate_cmd.add_arguments(translate)
+    translate.error = lambda message: _one_line_error(translate.prog, message)
     commands.add_parser("backends", help="which backends can run here, and why not")
     build = commands.add_parser("build", help="compile the C++ (and CUDA) kernels now instead of on first use")
     build.add_argument("--cuda-arch", default=None,
@@ -53,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> SuiteConfig:
+def _config(args: argparse.Namespace):
+    from .bench import measure, problems
+    from .bench.collab import bench_backends
+    from .bench.runner import SuiteConfig
+
     if args.quick:
         sweep = problems.sweep_shapes(problems.QUICK_SWEEP_VOCABS, problems.QUICK_SWEEP_BATCHES)
         return SuiteConfig(problems.QUICK_SHAPES, sweep, bench_backends(args.backend), args.compile,
@@ -61,14 +84,16 @@ def _config(args: argparse.Namespace) -> SuiteConfig:
     return SuiteConfig(problems.DEFAULT_SHAPES, problems.sweep_shapes(), bench_backends(args.backend), args.compile)
 
 
-def _progress(index: int, total: int, r: Record) -> None:
+def _progress(index: int, total: int, r: Dict) -> None:
     check = "checked" if r["check"] else "       "
     print(f"[{index:3d}/{total}] {r['op']:<16} M={r['M']} B={r['B']:<3} V={r['V']:<6} {r['dtype']} "
           f"{r['backend']:<15} ({r['device']}) {r['time_ms']:10.3f} ms  peak {r['peak_mb']:8.1f} MB  {check}",
           flush=True)
 
 
-def _meta(config: SuiteConfig, args: argparse.Namespace, seconds: float) -> Dict:
+def _meta(config, args: argparse.Namespace, seconds: float) -> Dict:
+    from .bench import measure, problems
+
     return {
         "mtkernels": mtkernels.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
@@ -84,7 +109,7 @@ def _meta(config: SuiteConfig, args: argparse.Namespace, seconds: float) -> Dict
     }
 
 
-def _print_header(config: SuiteConfig) -> None:
+def _print_header(config) -> None:
     fused = ", ".join(config.backends) or "none (only baselines are timed)"
     print(f"mtkernels bench: fused backends: {fused}; torch.compile baseline: {'on' if config.compile else 'off'}; "
           f"{torch.get_num_threads()} CPU threads", flush=True)
@@ -106,6 +131,9 @@ def _load_average() -> Optional[float]:
 
 def bench(args: argparse.Namespace) -> int:
     """Run the benchmark set, print the table, write the JSON and the plot."""
+    from .bench import report
+    from .bench.runner import run_suite
+
     try:
         config = _config(args)
     except ValueError as exc:  # --backend naming an unavailable backend
@@ -123,11 +151,16 @@ def bench(args: argparse.Namespace) -> int:
     print(f"\nwrote {json_path} and {plot_path}")
     if args.kd:
         _bench_kd(args)
+    if args.generation:
+        _bench_generation(args)
     return 0
 
 
 def _bench_kd(args: argparse.Namespace) -> None:
     """The self-evolution KD loss (forward + backward) beside eager, Liger and the GEMM floor."""
+    from .bench import kd as kd_bench
+    from .bench import measure
+
     devices = kd_bench.devices()  # the CPU, and CUDA tensors where there is a GPU
     print(f"\nself-evolution KD loss, forward + backward, on {' and '.join(devices)} tensors")
     shapes = [(128, 64, 8000)] if args.quick else kd_bench.DEFAULT_SHAPES
@@ -137,6 +170,24 @@ def _bench_kd(args: argparse.Namespace) -> None:
     path = os.path.join(args.out, KD_JSON_NAME)
     with open(path, "w") as f:
         json.dump(records, f, indent=1)
+    print(f"\nwrote {path}")
+
+
+def _bench_generation(args: argparse.Namespace) -> None:
+    """New tokens/s of CollabGenerator against the proxy-tuning loop, and where each step's time goes."""
+    from .bench import generation as gen_bench
+
+    config = gen_bench.QUICK if args.quick else gen_bench.DEFAULT
+    if getattr(args, "backend", None) in ("cpu", "reference"):  # the models run on the CPU
+        config = dataclasses.replace(config, backend=args.backend)
+    print(f"\ngeneration, {config.describe()}", flush=True)
+    missing = gen_bench.collab_generator_missing()
+    if missing:
+        print(f"  CollabGenerator skipped: {missing}", flush=True)
+    records = gen_bench.run(config, on_record=lambda r: print("  " + gen_bench.format_progress(r), flush=True))
+    print(gen_bench.format_table(records))
+    path = os.path.join(args.out, GENERATION_JSON_NAME)
+    gen_bench.write_json(path, records, config)
     print(f"\nwrote {path}")
 
 
@@ -161,7 +212,14 @@ def build(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "translate":
+            _one_line_error("mtkernels translate", f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "translate":
+        return translate_cmd.run(args)
     if args.command == "backends":
         for name, state in mtkernels.backend_report().items():
             print(f"{name:<9} {state}")
