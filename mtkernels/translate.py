@@ -21,6 +21,10 @@ Under ``torchrun --nproc-per-node N`` each rank translates whole batches of the 
 batches a single process forms, handed out round-robin) on its own device (``cuda:LOCAL_RANK`` with
 ``--device cuda``); rank 0 gathers the hypotheses (torch.distributed, gloo) and writes them and the scores.
 
+On a GPU, half-precision models load with ``attn_implementation="flash_attention_2"`` when
+flash-attn is installed (else their own default), and ``CollabGenerator`` runs the small models on
+side streams.
+
 Every argument, file and model directory is checked before any model is loaded; a bad one stops
 the command with a one-line error on standard error and exit status 2, and no output file is written.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import inspect
 import math
 import os
@@ -365,6 +370,14 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def attention_implementation(device: str, dtype: str) -> Optional[str]:
+    """``"flash_attention_2"`` for half-precision models on a GPU when flash-attn is installed,
+    else None (each model keeps its own default, e.g. SDPA)."""
+    if not device.startswith("cuda") or dtype not in ("bfloat16", "float16"):
+        return None
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else None
+
+
 def _load(plan: Plan):
     """``(large, [small, ...], tokenizer)`` on the plan's device and dtype, in eval mode.
 
@@ -377,10 +390,12 @@ def _load(plan: Plan):
 
     transformers.utils.logging.disable_progress_bar()  # one progress bar: the sentences'
     dtype = getattr(torch, plan.dtype)
+    attention = attention_implementation(plan.device, plan.dtype)
+    extra = {} if attention is None else {"attn_implementation": attention}
 
     def model(name: str, flag: str):
         try:
-            m = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            m = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **extra)
         except Exception as exc:
             raise UsageError(f"{flag} {name}: cannot load the model ({_one_line(exc)})") from None
         return m.to(plan.device).eval()

@@ -496,3 +496,22 @@ def test_translate_returns_stripped_text_in_order(models, tokenizer):
     beams = gen.translate(TEXTS[:2], "ja", "en", max_new_tokens=5, num_beams=2)
     assert len(beams) == 2
     assert gen.translate([], "ja", "en") == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_side_streams_change_nothing_on_gpu(models, tokenizer):
+    cuda = [copy.deepcopy(m).cuda() for m in models]
+    ids, mask = batch_of(raw_lists(tokenizer))
+    outs = []
+    for overlap in (False, True):
+        gen = CollabGenerator(cuda[0], cuda[1:], weights=[1.0, 1.0, -0.5], tokenizer=tokenizer,
+                              overlap_streams=overlap)
+        greedy = gen.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=10)
+        sampled = gen.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=10, greedy=False,
+                               top_p=0.9, seed=3)
+        beams = gen.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=6, num_beams=3)
+        outs.append((greedy.cpu(), sampled.cpu(), beams.cpu()))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    # and the GPU's greedy text is the CPU's
+    cpu_gen = CollabGenerator(models[0], models[1:], weights=[1.0, 1.0, -0.5], tokenizer=tokenizer)
+    assert torch.equal(cpu_gen.generate(ids, attention_mask=mask, max_new_tokens=10), outs[1][0])

@@ -292,3 +292,15 @@ def test_corpus_scores_match_sacrebleu(lang):
     assert scores["chrf_signature"] == str(chrf.get_signature())
     with pytest.raises(ValueError):
         metrics.corpus_scores(hyps, refs[:2], lang)
+
+
+def test_flash_attention_only_for_half_precision_on_gpu_with_flash_attn(monkeypatch):
+    real = importlib.util.find_spec
+    for installed in (False, True):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if installed else None) if name == "flash_attn" else real(name, *a))
+        want = "flash_attention_2" if installed else None
+        assert tr.attention_implementation("cuda:0", "bfloat16") == want
+        assert tr.attention_implementation("cuda:1", "float16") == want
+        assert tr.attention_implementation("cuda:0", "float32") is None  # flash-attn has no fp32 kernels
+        assert tr.attention_implementation("cpu", "bfloat16") is None

@@ -72,6 +72,8 @@ class CollabGenerator:
             Every tokenizer given or found in a model's directory must have the same vocabulary
             and BOS / EOS / UNK ids: a ``ValueError`` is raised here, before any forward pass.
         backend: the collab ops' backend (``"auto"``, ``"reference"``, ``"cpu"``, ...).
+        overlap_streams: on a GPU, run the small models that share the large model's device on
+            side streams, so that their kernels overlap with the large model's (same results).
 
     Generation stops per row at an end-of-sequence token (the tokenizers' EOS and every model's
     ``generation_config.eos_token_id``), a stop string, or ``max_new_tokens``; finished rows leave
@@ -83,12 +85,13 @@ class CollabGenerator:
     """
 
     def __init__(self, large_model, small_models: Sequence = (), weights=None, tokenizer=None, *,
-                 backend: str = "auto"):
+                 backend: str = "auto", overlap_streams: bool = True):
         if isinstance(small_models, torch.nn.Module):
             small_models = [small_models]
         self.models = [large_model, *(small_models or [])]
         self.num_models = len(self.models)
         self.backend = backend
+        self.overlap_streams = bool(overlap_streams)
         self.weights = self._normalize_weights(weights, None) if weights is not None else [1.0] * self.num_models
         self.tokenizers = resolve_tokenizers(self.models, tokenizer)  # raises before any forward pass
         self.tokenizer = self.tokenizers[0]
@@ -246,7 +249,7 @@ class CollabGenerator:
         stop = StopCriteria(self.eos_token_ids, stop_strings, self.tokenizer)
         if max_new_tokens == 0:
             return ids[0], [[] for _ in range(batch)]
-        model_set = ModelSet(self.models, output_device=device)
+        model_set = ModelSet(self.models, output_device=device, overlap=self.overlap_streams)
         try:
             with torch.no_grad():
                 logits = model_set.prefill(ids, masks)

@@ -10,10 +10,17 @@ same generated tokens. Per model the state is:
 Positions come from the attention mask (``cumsum - 1``), so left padding does not shift them.
 Rows can be dropped, reordered or repeated (beam search) with :meth:`ModelSet.keep`, which
 index-selects every cache, mask and position; later steps run only the rows kept.
+
+On a GPU, the models after the first that share its device run on side streams, so that their
+small kernels overlap with the large model's. Every tensor a side-stream model owns (cache, mask,
+positions) is created and used on that stream only; the shared inputs and the returned logits
+cross with ``wait_stream`` (each phase starts by waiting for the current stream) and
+``record_stream`` (so the caching allocator does not hand their memory back too early).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from typing import List, Optional, Sequence
@@ -79,7 +86,8 @@ class ModelSet:
     the model's dtype (float32 when it is not one the collab ops take).
     """
 
-    def __init__(self, models: Sequence[torch.nn.Module], output_device: Optional[torch.device] = None):
+    def __init__(self, models: Sequence[torch.nn.Module], output_device: Optional[torch.device] = None, *,
+                 overlap: bool = True):
         if not models:
             raise ValueError("ModelSet: need at least one model")
         self.models = list(models)
@@ -89,6 +97,10 @@ class ModelSet:
         self._cache_keyword = ["cache" if "cache" in p or "past_key_values" not in p else "past_key_values"
                                for p in params]
         self._logits_to_keep = ["logits_to_keep" in p for p in params]
+        first = self.devices[0]
+        # side streams only where they can overlap: models on the first model's GPU
+        self.streams = [torch.cuda.Stream(device=d) if overlap and m > 0 and d.type == "cuda" and d == first else None
+                        for m, d in enumerate(self.devices)]
         self.caches: List = [None] * len(self.models)
         self.masks: List[Optional[Tensor]] = [None] * len(self.models)
         self.next_positions: List[Optional[Tensor]] = [None] * len(self.models)
@@ -99,6 +111,31 @@ class ModelSet:
     @property
     def batch_size(self) -> int:
         return 0 if self.masks[0] is None else self.masks[0].shape[0]
+
+    @contextlib.contextmanager
+    def _on_stream(self, m: int, *shared: Tensor):
+        """Run model ``m``'s work on its side stream (if it has one): the stream first waits for
+        the current one, and ``shared`` tensors (made on the current stream) are marked as used
+        there."""
+        stream = self.streams[m]
+        if stream is None:
+            yield
+            return
+        stream.wait_stream(torch.cuda.current_stream(stream.device))
+        for t in shared:
+            if t.device.type == "cuda":
+                t.record_stream(stream)
+        with torch.cuda.stream(stream):
+            yield
+
+    def _join(self, logits: List[Tensor]) -> List[Tensor]:
+        """The current stream waits for every side stream; the logits are marked as used on it."""
+        for m, stream in enumerate(self.streams):
+            if stream is not None:
+                current = torch.cuda.current_stream(stream.device)
+                current.wait_stream(stream)
+                logits[m].record_stream(current)
+        return logits
 
     def _forward(self, m: int, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": self.masks[m], "position_ids": position_ids,
@@ -131,36 +168,42 @@ class ModelSet:
         out = []
         for m, (ids, mask) in enumerate(zip(input_ids, attention_mask)):
             device = self.devices[m]
-            ids, mask = ids.to(device), mask.to(device=device, dtype=torch.int64)
-            positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
-            self.caches[m] = new_cache(self.models[m])
-            self.masks[m] = mask
-            self.next_positions[m] = mask.sum(-1)
-            out.append(self._forward(m, ids, positions))
-        return out
+            with self._on_stream(m, ids, mask):
+                ids, mask = ids.to(device), mask.to(device=device, dtype=torch.int64)
+                positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
+                self.caches[m] = new_cache(self.models[m])
+                self.masks[m] = mask
+                self.next_positions[m] = mask.sum(-1)
+                out.append(self._forward(m, ids, positions))
+        return self._join(out)
 
     def step(self, tokens: Tensor) -> List[Tensor]:
         """Append one token per row (``(B,)`` int64) to every model; returns M ``(B, V_m)`` logits
         for the next token."""
         out = []
         for m, device in enumerate(self.devices):
-            ids = tokens.to(device).view(-1, 1)
-            mask = self.masks[m]
-            self.masks[m] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            positions = self.next_positions[m].view(-1, 1)
-            out.append(self._forward(m, ids, positions))
-            self.next_positions[m] = self.next_positions[m] + 1
-        return out
+            with self._on_stream(m, tokens):
+                ids = tokens.to(device).view(-1, 1)
+                mask = self.masks[m]
+                self.masks[m] = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                positions = self.next_positions[m].view(-1, 1)
+                out.append(self._forward(m, ids, positions))
+                self.next_positions[m] = self.next_positions[m] + 1
+        return self._join(out)
 
     def keep(self, rows: Tensor) -> None:
         """Keep only ``rows`` (``(R,)`` int64 indices into the current batch; repeats allowed),
         in that order, in every model's cache, mask and positions."""
         rows = rows.to(torch.int64)
         for m, device in enumerate(self.devices):
-            r = rows.to(device)
-            self.caches[m] = select_cache_rows(self.caches[m], r)
-            self.masks[m] = self.masks[m].index_select(0, r)
-            self.next_positions[m] = self.next_positions[m].index_select(0, r)
+            with self._on_stream(m, rows):
+                r = rows.to(device)
+                self.caches[m] = select_cache_rows(self.caches[m], r)
+                self.masks[m] = self.masks[m].index_select(0, r)
+                self.next_positions[m] = self.next_positions[m].index_select(0, r)
+        for m, stream in enumerate(self.streams):  # later work on the current stream sees the selection
+            if stream is not None:
+                torch.cuda.current_stream(stream.device).wait_stream(stream)
 
     def release(self) -> None:
         """Drop the caches (their memory goes back as soon as nothing else holds them)."""
