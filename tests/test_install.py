@@ -57,6 +57,18 @@ def test_import_and_available_backends_compile_nothing(tmp_path):
     assert "compiling" not in out
 
 
+def test_generation_is_imported_on_first_access(tmp_path):
+    """``import mtkernels`` (and the ``mtkernels`` command's module) import neither transformers nor
+    ``mtkernels.generation``; the attribute imports the subpackage on first access."""
+    pytest.importorskip("transformers")
+    _run("import sys, mtkernels, mtkernels.cli\n"
+         "assert 'transformers' not in sys.modules and 'mtkernels.generation' not in sys.modules\n"
+         "gen = mtkernels.generation\n"
+         "assert gen.CollabGenerator.__name__ == 'CollabGenerator'\n"
+         "try:\n    mtkernels.no_such_attribute\nexcept AttributeError as e:\n    assert 'no_such_attribute' in str(e)\n"
+         "else:\n    raise AssertionError('no AttributeError')\n", _env(tmp_path / "cache"))
+
+
 def test_cache_key_follows_sources_flags_and_arch(monkeypatch):
     plan = jit.cpu_plan()
     assert plan.key == jit.cpu_plan().key
