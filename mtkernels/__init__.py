@@ -19,11 +19,11 @@ backends.load_all()  # resolved at import: a traced call must never import a bac
 
 
 def __getattr__(name):
-    # mtkernels.generation needs transformers: imported on first use, not with the package
-    if name == "generation":
+    # the workflow subpackages (transformers, tokenizers) are imported on first use, not with the package
+    if name in ("generation", "mumo"):
         import importlib
 
-        return importlib.import_module(".generation", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -36,6 +36,7 @@ __all__ = [
     "fused_collab_sample",
     "fused_collab_softmax",
     "generation",
+    "mumo",
     "nn",
     "self_evolution_kd_loss",
     "self_evolution_kd_loss_from_logits",
