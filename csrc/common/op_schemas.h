@@ -21,6 +21,7 @@ constexpr const char* kKdRows =
     "kd_rows(Tensor(a!) student, Tensor teacher, Tensor labels, Tensor? hard, Tensor grad_scale, int mode,"
     " float lam, float beta, float gamma, float temperature, int ignore_index, int vocab, bool compute_grad)"
     " -> (Tensor, Tensor, Tensor)";
+constexpr const char* kMumoLsePick = "mumo_lse_pick(Tensor logits, Tensor? rows, Tensor? ids) -> (Tensor, Tensor)";
 
 }  // namespace schema
 }  // namespace mtk

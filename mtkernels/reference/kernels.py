@@ -142,3 +142,30 @@ def kd_whole_loss(student_input, student_weight, student_bias, teacher_input, te
 
 register_kernels("reference", "kd", rows=kd_rows, whole_loss=kd_whole_loss,
                  whole_loss_from_logits=kd_whole_loss_from_logits)
+
+
+# --- MuMo verification ----------------------------------------------------------------------------
+
+from . import mumo_verify  # noqa: E402
+
+
+def mumo_lse_pick(logits, rows, ids):
+    """The ``lse_pick`` primitive's definition: for ``logits (R, V)``, the selected rows ``rows (n,)``
+    (every row when None) give ``lse (n,)`` float32 log-sum-exp and ``picked (n,)`` float32
+    ``logits[rows[i], ids[i]]`` (empty when ``ids`` is None)."""
+    x = logits if rows is None else logits[rows]
+    lse = torch.logsumexp(x.float(), dim=-1)
+    if ids is None:
+        return lse, lse.new_empty(0)
+    return lse, x.gather(1, ids.view(-1, 1)).squeeze(1).float()
+
+
+def mumo_linear_lse(hidden, weight, bias):
+    """The ``linear_lse`` primitive's definition: ``(n,)`` float32 log-sum-exp of the float32 logits
+    ``hidden (n, H) @ weight (V, H).T + bias (V,)`` computed in the weight's dtype."""
+    return torch.logsumexp(mumo_verify.head_logits(hidden, weight, bias), dim=-1)
+
+
+register_kernels("reference", "mumo", lse_pick=mumo_lse_pick, linear_lse=mumo_linear_lse,
+                 whole_verify_scores=mumo_verify.verify_scores,
+                 whole_verify_scores_fused=mumo_verify.verify_scores_fused)
