@@ -22,8 +22,9 @@ def _problem(b, k, length, vocab, dtype=torch.float32, scale=3.0, seed=0, device
     logits = (torch.randn(b, k, length, vocab, generator=g) * scale).to(dtype)
     ids = torch.randint(0, vocab, (b, k, length), generator=g)
     lengths = torch.randint(1, length + 1, (b, k), generator=g)
-    lengths[0, 0] = length  # a full-length and a length-1 candidate in every problem
-    lengths[-1, -1] = 1
+    if b:  # a full-length and a length-1 candidate in every problem
+        lengths[0, 0] = length
+        lengths[-1, -1] = 1
     return logits.to(device), ids.to(device), lengths.to(device)
 
 
