@@ -26,7 +26,7 @@ def lse_config(vocab: int, device: torch.device) -> Tuple[int, int]:
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of linear_lse_kernel: on a GPU tensor-core tiles; under the
 # interpreter small ones, so tests cover several tiles of every loop.
-GPU_LINEAR = {2: (64, 128, 64, 8), 4: (32, 64, 32, 4)}  # by element size of the weight
+GPU_LINEAR = {2: (64, 64, 64, 4), 4: (32, 64, 32, 4)}  # by element size of the weight
 INTERPRETER_LINEAR = (16, 32, 16, 1)
 
 
@@ -69,6 +69,8 @@ def linear_lse(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor
     logits exist only a tile at a time, in registers."""
     n, h = hidden.shape
     vocab = weight.shape[0]
+    if max(n, vocab) * h >= 2**31:  # the kernel's int32 element offsets
+        raise ValueError(f"linear_lse: rows x H and V x H must stay below 2^31, got {n}, {vocab}, {h}")
     if n == 0:
         return torch.full((0,), -math.inf, dtype=torch.float32, device=hidden.device)
     hidden = hidden if hidden.stride(1) == 1 else hidden.contiguous()

@@ -83,9 +83,10 @@ def linear_lse_kernel(h_ptr, w_ptr, b_ptr, max_ptr, sum_ptr, n, V, H, stride_h, 
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, H, BLOCK_K):
             k_ok = k0 + ks < H
-            w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_w + (k0 + ks)[None, :],
+            # int32 offsets from scalar bases (the launcher keeps V * stride_w and n * stride_h < 2^31)
+            w = tl.load(w_ptr + (cols[:, None] * stride_w + (k0 + ks)[None, :]),
                         mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            h = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + (k0 + ks)[None, :],
+            h = tl.load(h_ptr + (rows[:, None] * stride_h + (k0 + ks)[None, :]),
                         mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             if UPCAST:  # the interpreter's dot of 16-bit floats is wrong: the same products in float32
                 h = _rounded(h.to(tl.float32), w.dtype, UPCAST)
