@@ -26,7 +26,7 @@ from . import mumo_verify_args as args
 
 Tensor = torch.Tensor
 FAMILY = "mumo"
-PICK_ROWS = 4096  # positions per chunk of the indexed dots (peak extra memory 2 x chunk x H)
+PICK_ROWS = 64  # positions per chunk of the indexed dots (peak extra memory about 2 x chunk x H floats)
 
 
 def _active(lengths: Tensor, max_len: int) -> Tensor:
@@ -48,7 +48,7 @@ def _picked_logits(hidden2d: Tensor, nodes: Tensor, weight: Tensor, bias: Option
     for s in range(0, ids.shape[0], PICK_ROWS):
         e = min(ids.shape[0], s + PICK_ROWS)
         h = hidden2d[nodes[s:e]].to(weight.dtype).float()
-        dot = (h * weight[ids[s:e]].float()).sum(-1)
+        dot = torch.einsum("ph,ph->p", h, weight[ids[s:e]].float())
         if bias is not None:
             dot = dot + bias[ids[s:e]].to(weight.dtype).float()
         out[s:e] = dot.to(weight.dtype).float()
