@@ -12,6 +12,7 @@ from . import nn
 from .ops.collab import CollabSoftmaxOutput, collab_logits, fused_collab_sample, fused_collab_softmax
 from .ops.kd_from_logits import self_evolution_kd_loss_from_logits
 from .ops.mumo_head import mumo_head_cross_entropy, mumo_head_topk
+from .ops.mumo_verify import mumo_verify_scores, mumo_verify_scores_fused
 from .ops.self_evolution_kd import KDStats, self_evolution_kd_loss
 
 __version__ = "0.3.0"
@@ -40,6 +41,8 @@ __all__ = [
     "mumo",
     "mumo_head_cross_entropy",
     "mumo_head_topk",
+    "mumo_verify_scores",
+    "mumo_verify_scores_fused",
     "nn",
     "self_evolution_kd_loss",
     "self_evolution_kd_loss_from_logits",

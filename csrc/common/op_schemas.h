@@ -24,6 +24,7 @@ constexpr const char* kKdRows =
 constexpr const char* kMumoCeRows =
     "mumo_ce_rows(Tensor(a!) logits, Tensor targets, Tensor grad_scale, int ignore_index, bool compute_grad)"
     " -> Tensor";
+constexpr const char* kMumoLsePick = "mumo_lse_pick(Tensor logits, Tensor? rows, Tensor? ids) -> (Tensor, Tensor)";
 
 }  // namespace schema
 }  // namespace mtk

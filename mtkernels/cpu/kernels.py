@@ -68,3 +68,24 @@ def mumo_ce_rows(logits, targets, grad_scale, ignore_index, compute_grad):
 
 if UNAVAILABLE_REASON is None:
     register_kernels("cpu", "mumo_head", ce_rows=mumo_ce_rows)
+
+
+# Vocabulary tiles of the fused verification: rows x tile of the GEMM's output in about 512 KiB, so the
+# peak extra memory stays far below the logits it avoids while MKL still sees wide GEMMs.
+MUMO_TILE_BYTES = 1 << 19
+
+
+def mumo_lse_pick(logits, rows, ids):
+    """``(lse (n,), picked (n,))`` float32 of the selected rows of ``logits (R, V)`` (csrc/cpu/mumo_verify.cpp)."""
+    return _ops().mumo_lse_pick(logits, rows, ids)
+
+
+def mumo_linear_lse(hidden, weight, bias):
+    """``(n,)`` float32 log-sum-exp of ``hidden @ weight.T + bias``: torch GEMM tiles, the C++ row kernel."""
+    from ..ops.mumo_verify_tiles import tiled_linear_lse
+
+    return tiled_linear_lse(hidden, weight, bias, mumo_lse_pick, MUMO_TILE_BYTES)
+
+
+if UNAVAILABLE_REASON is None:
+    register_kernels("cpu", "mumo_verify", lse_pick=mumo_lse_pick, linear_lse=mumo_linear_lse)

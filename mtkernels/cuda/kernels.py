@@ -81,3 +81,23 @@ def mumo_ce_rows(logits, targets, grad_scale, ignore_index, compute_grad):
 
 
 register_kernels("cuda", "mumo_head", ce_rows=mumo_ce_rows)
+
+
+# Vocabulary tiles of the fused verification: cuBLAS GEMM tiles of up to 64 MiB, each reduced by the
+# CUDA row kernel (tens of tiles for a 128k vocabulary, so per-tile launches stay a small share).
+MUMO_TILE_BYTES = 64 << 20
+
+
+def mumo_lse_pick(logits, rows, ids):
+    """``(lse (n,), picked (n,))`` float32 of the selected rows of ``logits (R, V)`` (csrc/cuda/mumo_verify.cu)."""
+    return _ops().mumo_lse_pick(logits, rows, ids)
+
+
+def mumo_linear_lse(hidden, weight, bias):
+    """``(n,)`` float32 log-sum-exp of ``hidden @ weight.T + bias``: cuBLAS GEMM tiles, the CUDA row kernel."""
+    from ..ops.mumo_verify_tiles import tiled_linear_lse
+
+    return tiled_linear_lse(hidden, weight, bias, mumo_lse_pick, MUMO_TILE_BYTES)
+
+
+register_kernels("cuda", "mumo_verify", lse_pick=mumo_lse_pick, linear_lse=mumo_linear_lse)

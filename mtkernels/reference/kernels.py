@@ -152,3 +152,30 @@ from . import mumo_head  # noqa: E402
 
 register_kernels("reference", "mumo_head", ce_rows=mumo_head.ce_rows, whole_topk=mumo_head.head_topk,
                  whole_cross_entropy=mumo_head.cross_entropy)
+
+
+# --- MuMo verification ----------------------------------------------------------------------------
+
+from . import mumo_verify  # noqa: E402
+
+
+def mumo_lse_pick(logits, rows, ids):
+    """The ``lse_pick`` primitive's definition: for ``logits (R, V)``, the selected rows ``rows (n,)``
+    (every row when None) give ``lse (n,)`` float32 log-sum-exp and ``picked (n,)`` float32
+    ``logits[rows[i], ids[i]]`` (empty when ``ids`` is None)."""
+    x = logits if rows is None else logits[rows]
+    lse = torch.logsumexp(x.float(), dim=-1)
+    if ids is None:
+        return lse, lse.new_empty(0)
+    return lse, x.gather(1, ids.view(-1, 1)).squeeze(1).float()
+
+
+def mumo_linear_lse(hidden, weight, bias):
+    """The ``linear_lse`` primitive's definition: ``(n,)`` float32 log-sum-exp of the float32 logits
+    ``hidden (n, H) @ weight (V, H).T + bias (V,)`` computed in the weight's dtype."""
+    return torch.logsumexp(mumo_verify.head_logits(hidden, weight, bias), dim=-1)
+
+
+register_kernels("reference", "mumo_verify", lse_pick=mumo_lse_pick, linear_lse=mumo_linear_lse,
+                 whole_verify_scores=mumo_verify.verify_scores,
+                 whole_verify_scores_fused=mumo_verify.verify_scores_fused)

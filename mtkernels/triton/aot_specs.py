@@ -24,11 +24,12 @@ from typing import Dict, Iterable, List, Sequence
 
 import torch
 
-from . import collab, mumo_head, self_evolution_kd
+from . import collab, mumo_head, mumo_verify, self_evolution_kd
 from .collab_kernels import (MAX_MODELS, collab_gumbel_argmax_kernel, collab_logits_kernel,
                              collab_threshold_mass_kernel, collab_topk_kernel)
 from .kd_kernels import kd_rows_kernel
 from .mumo_head_kernels import ce_rows_kernel
+from .mumo_verify_kernels import linear_lse_kernel, lse_pick_kernel
 from .utils import LAUNCH_OPTIONS
 
 
@@ -144,6 +145,41 @@ def mumo_head_specs() -> List[dict]:
     return specs
 
 
+# --- MuMo verification -----------------------------------------------------------------------------
+
+def mumo_linear_lse_specs() -> List[dict]:
+    """linear_lse_kernel at each weight dtype's GPU tiles, with and without bias, H and strides
+    divisible by 16 (H = 1024, 4096, ...) as the JIT specialises them. Not yet in specs(): at
+    maxnreg 128 these variants still keep a 16-40 byte stack frame on sm_90."""
+    specs = []
+    for dtype, size in (("fp32", 4), ("bf16", 2), ("fp16", 2)):
+        block_m, block_n, block_k, warps = mumo_verify.GPU_LINEAR[size]
+        types = dict(h_ptr="*fp32", w_ptr=f"*{dtype}", b_ptr=f"*{dtype}", max_ptr="*fp32", sum_ptr="*fp32",
+                     n="i32", V="i32", H="i32", stride_h="i32", stride_w="i32", cols_per_split="i32")
+        signature = _signature(linear_lse_kernel, types)
+        for has_bias in (False, True):
+            specs.append(_spec(linear_lse_kernel, [dtype], signature,
+                               dict(HAS_BIAS=has_bias, IEEE=dtype == "fp32", UPCAST=False, BLOCK_M=block_m,
+                                    BLOCK_N=block_n, BLOCK_K=block_k), warps, ["H", "stride_h", "stride_w"]))
+    return specs
+
+
+def mumo_verify_specs() -> List[dict]:
+    """lse_pick_kernel at every BLOCK for each logits dtype (with a row list and ids, and without,
+    as linear tiles call it)."""
+    specs = []
+    for dtype in ("fp32", "bf16", "fp16"):
+        types = dict(x_ptr=f"*{dtype}", rows_ptr="*i64", ids_ptr="*i64", lse_ptr="*fp32", picked_ptr="*fp32",
+                     stride_row="i64", V="i32")
+        signature = _signature(lse_pick_kernel, types)
+        for block in mumo_verify.LSE_BLOCKS:
+            warps = mumo_verify.lse_config(block, torch.device("cuda"))[1]
+            for listed in (True, False):
+                specs.append(_spec(lse_pick_kernel, [dtype], signature,
+                                   dict(HAS_ROWS=listed, HAS_IDS=listed, BLOCK=block), warps, []))
+    return specs
+
+
 def specs() -> List[dict]:
-    """Every kernel's specs: collab_specs() + kd_specs() + mumo_head_specs()."""
-    return collab_specs() + kd_specs() + mumo_head_specs()
+    """Every kernel's specs: collab_specs() + kd_specs() + mumo_head_specs() + mumo_verify_specs()."""
+    return collab_specs() + kd_specs() + mumo_head_specs() + mumo_verify_specs()

@@ -1,6 +1,7 @@
 """The triton backend: registers the launchers of the collab primitives (mtkernels/triton/collab.py),
-the self-evolution KD row kernel (mtkernels/triton/self_evolution_kd.py) and the MuMo head
-cross-entropy row kernel (mtkernels/triton/mumo_head.py).
+the self-evolution KD row kernel (mtkernels/triton/self_evolution_kd.py), the MuMo head
+cross-entropy row kernel (mtkernels/triton/mumo_head.py) and the MuMo verification primitives
+(mtkernels/triton/mumo_verify.py).
 
 On a GPU the kernels JIT-compile on first use; on the CPU they run only under the Triton
 interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which the tests use.
@@ -16,7 +17,7 @@ except ImportError as exc:
     UNAVAILABLE_REASON = f"triton is not installed ({exc}); pip install triton"
 else:
     UNAVAILABLE_REASON = None
-    from . import collab, mumo_head, self_evolution_kd
+    from . import collab, mumo_head, mumo_verify, self_evolution_kd
 
     register_kernels(
         "triton",
@@ -28,3 +29,4 @@ else:
     )
     register_kernels("triton", "kd", rows=self_evolution_kd.rows)
     register_kernels("triton", "mumo_head", ce_rows=mumo_head.ce_rows)
+    register_kernels("triton", "mumo_verify", lse_pick=mumo_verify.lse_pick, linear_lse=mumo_verify.linear_lse)
