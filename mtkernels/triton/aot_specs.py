@@ -149,8 +149,7 @@ def mumo_head_specs() -> List[dict]:
 
 def mumo_linear_lse_specs() -> List[dict]:
     """linear_lse_kernel at each weight dtype's GPU tiles, with and without bias, H and strides
-    divisible by 16 (H = 1024, 4096, ...) as the JIT specialises them. Not yet in specs(): at
-    maxnreg 128 these variants still keep a 16-40 byte stack frame on sm_90."""
+    divisible by 16 (H = 1024, 4096, ...) as the JIT specialises them."""
     specs = []
     for dtype, size in (("fp32", 4), ("bf16", 2), ("fp16", 2)):
         block_m, block_n, block_k, warps = mumo_verify.GPU_LINEAR[size]
@@ -181,5 +180,5 @@ def mumo_verify_specs() -> List[dict]:
 
 
 def specs() -> List[dict]:
-    """Every kernel's specs: collab_specs() + kd_specs() + mumo_head_specs() + mumo_verify_specs()."""
-    return collab_specs() + kd_specs() + mumo_head_specs() + mumo_verify_specs()
+    """Every kernel's specs: collab, kd, the MuMo head and MuMo verification (both kernels)."""
+    return collab_specs() + kd_specs() + mumo_head_specs() + mumo_verify_specs() + mumo_linear_lse_specs()
