@@ -46,7 +46,9 @@ def _bias(b, name: str, rows: int, device):
         raise ValueError(f"{name}: on {b.device}, but student_input is on {device}")
 
 
-def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
+def check_labels(labels, n: int, vocab: Optional[int], ignore_index: int, device) -> None:
+    """``vocab`` None: shape, dtype and device only (the vocabulary-parallel form checks the range
+    against the global vocabulary once every rank's slice size is known)."""
     check_ignore_index(ignore_index)
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected a ({n},) int64 tensor, got {type(labels).__name__}")
@@ -58,6 +60,8 @@ def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
                          f"position's hidden state or logits")
     if labels.device != device:
         raise ValueError(f"labels: on {labels.device}, but the logits/inputs are on {device}")
+    if vocab is None:
+        return
     in_range = (labels == ignore_index) | ((labels >= 0) & (labels < vocab))
     if labels.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(in_range.all()):
@@ -104,7 +108,7 @@ def num_items_tensor(num_items_in_batch, device) -> Optional[Tensor]:
 
 
 def check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits, student_bias,
-          teacher_bias, options: KDOptions, num_items_in_batch, return_stats) -> KDArgs:
+          teacher_bias, options: KDOptions, num_items_in_batch, return_stats, check_label_range: bool = True) -> KDArgs:
     _matrix(student_input, "student_input", "(N, H_s)")
     device = student_input.device
     n, hidden = student_input.shape
@@ -130,7 +134,8 @@ def check(student_input, student_weight, teacher_input, teacher_weight, labels, 
                              f"{tuple(teacher_input.shape)} and {tuple(teacher_weight.shape)}")
         _bias(teacher_bias, "teacher_bias", teacher_weight.shape[0], device)
         vocab_t = teacher_weight.shape[0]
-    check_labels(labels, n, min(student_weight.shape[0], vocab_t), options.ignore_index, device)
+    check_labels(labels, n, min(student_weight.shape[0], vocab_t) if check_label_range else None,
+                 options.ignore_index, device)
     if not isinstance(return_stats, bool):
         raise TypeError("return_stats: expected a bool")
     return KDArgs(num_items_tensor(num_items_in_batch, device))
