@@ -66,3 +66,13 @@ def test_bad_input_raises_the_same_error_on_every_rank(ranks, case):
 
 def test_worker_cases_are_all_known():
     assert set(worker.BAD) == set(BAD_EXPECTED)
+
+
+def test_group_without_torch_distributed_is_refused():
+    """In this process torch.distributed is not initialised: a clear error, no collective attempted."""
+    import mtkernels
+
+    case = worker.make_case(n=4)
+    with pytest.raises(ValueError, match="vocab_parallel_group: torch.distributed is not initialised"):
+        mtkernels.self_evolution_kd_loss(case["student_input"], case["student_weight"], case["teacher_input"],
+                                         case["teacher_weight"], case["labels"], vocab_parallel_group=object())
