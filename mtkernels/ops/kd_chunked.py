@@ -21,9 +21,17 @@ from .kd_options import KDOptions
 Tensor = torch.Tensor
 
 
-def kd_chunk_rows(options: KDOptions, n_rows: int, vocab_s: int, vocab_t: int, device: torch.device) -> int:
-    """Rows per chunk for global vocabulary sizes ``vocab_s`` (student) and ``vocab_t`` (teacher)."""
-    return chunk_plan(n_rows, vocab_s + vocab_t, device.type, options.chunk_size)
+def kd_chunk_rows(options: KDOptions, n_rows: int, vocab_s: int, vocab_t: int, device: torch.device,
+                  ranks: int = 1) -> int:
+    """Rows per chunk for global vocabulary sizes ``vocab_s`` (student) and ``vocab_t`` (teacher).
+
+    ``ranks`` > 1: a vocabulary-parallel call over that many ranks, whose row kernel holds
+    ``ROW_KERNEL_BUFFERS`` float32 buffers of a rank's average slice per row instead of two of the
+    whole vocabulary: the same budget per rank. Global sizes only, so every rank plans the same chunks."""
+    columns = vocab_s + vocab_t
+    if ranks > 1:
+        columns = -(-kd_vocab_parallel.ROW_KERNEL_BUFFERS * max(vocab_s, vocab_t) // ranks)
+    return chunk_plan(n_rows, columns, device.type, options.chunk_size)
 
 
 def _ranked_hard_rows(student, teacher, labels: Tensor, options: KDOptions, vocab: int, chunk: int,

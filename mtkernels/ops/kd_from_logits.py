@@ -96,7 +96,7 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
         labels = labels.reshape(-1)
     options = KDOptions(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size)
     if vocab_parallel_group is not None:
-        options, num_items, name, vocab = _vocab_parallel_call(vocab_parallel_group, student_logits, teacher_logits,
+        options, num_items, name, vocab, ranks = _vocab_parallel_call(vocab_parallel_group, student_logits, teacher_logits,
                                                                labels, options, num_items_in_batch, return_stats,
                                                                backend)
         vocab_s = vocab_t = vocab
@@ -110,9 +110,9 @@ def self_evolution_kd_loss_from_logits(student_logits: Tensor, teacher_logits: T
             loss, stats = whole(student_logits, teacher_logits, labels.contiguous(), options, num_items)
             loss = loss.reshape(shape) if reduction == "none" else loss
             return (loss, stats) if return_stats else loss
-        vocab_s, vocab_t = student_logits.shape[1], teacher_logits.shape[1]
+        vocab_s, vocab_t, ranks = student_logits.shape[1], teacher_logits.shape[1], 1
     labels = labels.contiguous()
-    chunk = kd_chunk_rows(options, labels.shape[0], vocab_s, vocab_t, device)
+    chunk = kd_chunk_rows(options, labels.shape[0], vocab_s, vocab_t, device, ranks)
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, d, hard, _ = torch.ops.mtkernels.self_evolution_kd_from_logits(
         student_logits, teacher_logits.detach(), labels, None, None, num_items,
@@ -137,7 +137,7 @@ def _check(student_logits, teacher_logits, labels, options, num_items_in_batch, 
 @torch.compiler.disable  # collectives and host reads of the gathered facts: eager, before the op
 def _vocab_parallel_call(group, student_logits, teacher_logits, labels, options, num_items_in_batch, return_stats,
                          backend):
-    """Checks agreed by every rank: ``(options for the op, num_items, backend name, global V)``."""
+    """Checks agreed by every rank: ``(options for the op, num_items, backend name, global V, group size)``."""
     def check_locally():
         for key, value in dict(student_logits=student_logits, teacher_logits=teacher_logits, labels=labels,
                                num_items_in_batch=num_items_in_batch).items():
@@ -152,4 +152,4 @@ def _vocab_parallel_call(group, student_logits, teacher_logits, labels, options,
 
     layout, (num_items, name) = kd_vocab_parallel.agree_on_call(group, check_locally)
     options = dataclasses.replace(options, group_name=group.group_name, vocab_offset=layout.offset)
-    return options, num_items, name, layout.vocab
+    return options, num_items, name, layout.vocab, len(layout.sizes)

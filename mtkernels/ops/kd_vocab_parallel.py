@@ -213,11 +213,6 @@ def _x_log_x(a: Tensor, log_a: Tensor) -> Tensor:
     return torch.where(a > 0, a * log_a, torch.zeros_like(a))
 
 
-def _mass_sum(a: Tensor, v: Tensor) -> Tensor:
-    """``Σ_j a_j · v_j`` per row in float64, terms with ``a_j = 0`` dropped (no ``0 · ∞``)."""
-    return torch.where(a > 0, a * v, torch.zeros_like(v)).sum(1, dtype=torch.float64)
-
-
 def _log_y_label(log_p_g: Tensor, lam: float) -> Tensor:
     """log ỹ_g = log((1 - λ) + λ p_g), in log space (exact for λ = 1 where p_g underflows)."""
     if lam >= 1:
@@ -226,12 +221,26 @@ def _log_y_label(log_p_g: Tensor, lam: float) -> Tensor:
     return torch.logaddexp(torch.full_like(log_p_g, math.log1p(-lam)), log_lam + log_p_g)
 
 
+# (rows, V_r) float32 buffers the row kernel holds at its peak, the two logits chunks included: the
+# chunk plan sizes a vocabulary-parallel chunk by them (kd_chunked.kd_chunk_rows)
+ROW_KERNEL_BUFFERS = 7
+
+
+def _masked_row_sum(a: Tensor, v: Tensor, out: Tensor) -> Tensor:
+    """``Σ_j a_j · v_j`` per row in float64, terms with ``a_j = 0`` dropped (no ``0 · ∞``); ``out``
+    is scratch of the chunk's shape."""
+    torch.mul(a, v, out=out).masked_fill_(a == 0, 0.0)
+    return out.sum(1, dtype=torch.float64)
+
+
 class VocabParallelRows:
     """The ``kd`` ``rows`` contract (docs/kd.md) for one rank's vocabulary slice of a group.
 
-    ``student`` / ``teacher`` are the chunk's ``(n, V_r)`` float32 logits of this rank's slice,
-    ``labels`` global ids. Returns the rows' (loss, d, is_hard), identical on every rank; with
-    ``compute_grad``, ``student`` is overwritten with the gradient for this slice's logits."""
+    ``student`` / ``teacher`` are the chunk's ``(n, V_r)`` float32 logits of this rank's slice (the
+    driver's fresh chunks: both serve as scratch), ``labels`` global ids. Returns the rows' (loss, d,
+    is_hard), identical on every rank; with ``compute_grad``, ``student`` ends holding the gradient for
+    this slice's logits. Elementwise work in float32, mostly in place (``ROW_KERNEL_BUFFERS``), row
+    sums and per-row scalars in float64."""
 
     def __init__(self, group, offset: int):
         self.group, self.offset = group, offset
@@ -248,27 +257,30 @@ class VocabParallelRows:
         local = torch.where(valid, labels, 0) - self.offset  # ignored rows read id 0; their terms are dropped
         owns = (local >= 0) & (local < width)
         col = local.clamp(0, width - 1).unsqueeze(1)
-
-        # MAX: the raw row maxima (subtracted before the division by τ)
-        maxima = self._all_reduce(torch.stack((student.amax(1), teacher.amax(1)), 1), dist.ReduceOp.MAX)
-        mx, my = maxima[:, 0:1], maxima[:, 1:2]
-        # shift origin 0 for a row that is -inf everywhere, so no -inf - (-inf)
-        ds = (student - torch.where(mx == -math.inf, 0.0, mx)).mul_(inv_t)
-        dt = (teacher - torch.where(my == -math.inf, 0.0, my)).mul_(inv_t)
-        es, et = ds.exp(), dt.exp()
-
-        # SUM 1: ss, st, pd, qd and the label's raw logits (only its owner contributes)
         label_x = torch.where(owns, student.gather(1, col).squeeze(1), 0.0)
         label_y = torch.where(owns, teacher.gather(1, col).squeeze(1), 0.0)
-        sums = torch.stack((es.sum(1, dtype=torch.float64), et.sum(1, dtype=torch.float64),
-                            _mass_sum(et, dt - ds), _mass_sum(es, ds - dt), label_x.double(), label_y.double()), 1)
+
+        # MAX: the raw row maxima, subtracted before the division by τ; shift origin 0 for a row that
+        # is -inf everywhere, so no -inf - (-inf)
+        maxima = self._all_reduce(torch.stack((student.amax(1), teacher.amax(1)), 1), dist.ReduceOp.MAX)
+        origin = torch.where(maxima == -math.inf, 0.0, maxima)
+        ds = student.sub_(origin[:, 0:1]).mul_(inv_t)  # the buffers: ds, dt, es, et, scratch (+ two below)
+        dt = teacher.sub_(origin[:, 1:2]).mul_(inv_t)
+        es, et = ds.exp(), dt.exp()
+        scratch = torch.sub(dt, ds)
+
+        # SUM 1: ss, st, pd, qd and the label's raw logits (only its owner contributes)
+        pd = _masked_row_sum(et, scratch, scratch)
+        qd = _masked_row_sum(es, torch.sub(ds, dt, out=scratch), scratch)
+        sums = torch.stack((es.sum(1, dtype=torch.float64), et.sum(1, dtype=torch.float64), pd, qd,
+                            label_x.double(), label_y.double()), 1)
         ss, st, pd, qd, x_g, y_g = self._all_reduce(sums).unbind(1)
 
-        mx64, my64 = mx.squeeze(1).double(), my.squeeze(1).double()
-        has_distribution = (mx64 > -math.inf) & (my64 > -math.inf) & (ss > 0) & (st > 0)
+        mx, my = maxima[:, 0].double(), maxima[:, 1].double()
+        has_distribution = (mx > -math.inf) & (my > -math.inf) & (ss > 0) & (st > 0)
         log_ss, log_st = ss.log(), st.log()
-        log_q_g = (x_g - mx64) * inv_t - log_ss
-        log_p_g = (y_g - my64) * inv_t - log_st
+        log_q_g = (x_g - mx) * inv_t - log_ss
+        log_p_g = (y_g - my) * inv_t - log_st
         p_g = log_p_g.exp()
         log_y_g = _log_y_label(log_p_g, lam)
         kl_pq = pd / st - log_st + log_ss
@@ -291,20 +303,27 @@ class VocabParallelRows:
         else:
             is_hard = torch.zeros_like(valid)
 
-        log_q = ds - log_ss.float().unsqueeze(1)  # -inf where q = 0
-        log_p = dt - log_st.float().unsqueeze(1)
+        log_q = ds.sub_(log_ss.float().unsqueeze(1))  # -inf where q = 0
+        log_p = dt.sub_(log_st.float().unsqueeze(1))
+        q = es.div_(ss.float().unsqueeze(1))
+        p = et.div_(st.float().unsqueeze(1))
         # SUM 2 (modes with hard rows; a fixed choice per call, so every rank runs it): Σ ỹ log(ỹ / m), Σ r q
         hard_terms = kind == LossKind.SKEWED and (hard is not None or rule != HardRule.NONE)
         if hard_terms:
-            log_y = (log_p + math.log(lam) if lam > 0 else torch.full_like(log_p, LOG_FLOOR)).clamp_min_(LOG_FLOOR)
+            log_y = (log_p.add_(math.log(lam)) if lam > 0 else log_p.fill_(LOG_FLOOR)).clamp_min_(LOG_FLOOR)
             label_log_y = torch.where(owns, log_y_g.float().clamp_min(LOG_FLOOR), log_y.gather(1, col).squeeze(1))
             log_y.scatter_(1, col, label_log_y.unsqueeze(1))
-            log_q_floored = log_q.clamp_min(LOG_FLOOR)
-            log1m_beta = math.log1p(-beta) if beta < 1 else -math.inf
-            log_r = log_y - torch.logaddexp(log_q_floored + math.log(beta), log_y + log1m_beta)
-            y = log_y.exp()
-            hard_sums = torch.stack((_mass_sum(y, log_r), (log_q_floored + log_r).exp().sum(1, dtype=torch.float64)), 1)
-            hard_loss, big_r = self._all_reduce(hard_sums).unbind(1)
+            log_beta = math.log(beta)
+            shifted_q = torch.clamp_min(log_q, LOG_FLOOR, out=scratch).add_(log_beta)  # log β + log q, floored
+            if beta < 1:
+                log_r = torch.logaddexp(shifted_q, log_y + math.log1p(-beta))  # log m
+            else:
+                log_r = shifted_q.clone()  # m = q
+            log_r = torch.sub(log_y, log_r, out=log_r)
+            rq_sum = shifted_q.add_(log_r).sub_(log_beta).exp_().sum(1, dtype=torch.float64)  # Σ r q
+            y = torch.exp(log_y, out=scratch)
+            y_log_r = _masked_row_sum(y, log_r, log_y)  # log_y is spent: its buffer is scratch
+            hard_loss, big_r = self._all_reduce(torch.stack((y_log_r, rq_sum), 1)).unbind(1)
             hard_loss = torch.where(has_distribution, hard_loss, nan)
             loss = torch.where(is_hard, hard_loss, d)
         elif kind == LossKind.FORWARD_KD:
@@ -313,28 +332,28 @@ class VocabParallelRows:
             loss = reverse_kd
         else:
             loss = d
-        zero = torch.zeros_like(d)
 
         if compute_grad:
-            q = es.div_(ss.float().unsqueeze(1))
+            grad = student  # the log_q buffer, once it is spent
             if kind == LossKind.REVERSE_KD:
-                grad = torch.zeros_like(q)
-                if lam > 0:
-                    spread = log_q - log_p - kl_qp.float().unsqueeze(1)
-                    grad += lam * torch.where(q > 0, q * spread, torch.zeros_like(q))
+                spread = torch.sub(log_q, log_p, out=scratch).sub_(kl_qp.float().unsqueeze(1)).mul_(q)
+                spread.masked_fill_(q == 0, 0.0)  # q = 0: no term, whatever log q - log p
+                torch.mul(spread, lam, out=grad) if lam > 0 else grad.zero_()  # (1 - λ)(q - onehot) + λ q (log q - log p - KL(q ‖ p))
                 if lam < 1:
-                    grad += (1 - lam) * q
-                    grad.scatter_add_(1, col, -(1 - lam) * owns.float().unsqueeze(1))
+                    grad.add_(q, alpha=1 - lam).scatter_add_(1, col, -(1 - lam) * owns.float().unsqueeze(1))
             else:
-                target = et.div_(st.float().unsqueeze(1)).mul_(lam)
+                target = p.mul_(lam)
                 target.scatter_add_(1, col, (1 - lam) * owns.float().unsqueeze(1))
-                grad = q - target
+                easy = torch.sub(q, target, out=target)  # q - ỹ
                 if hard_terms:
-                    r = torch.where(y > 0, log_r.exp(), torch.zeros_like(y))
-                    hard_grad = beta * q * (big_r.float().unsqueeze(1) - r)
-                    grad = torch.where(is_hard.unsqueeze(1), hard_grad, grad)
+                    r = log_r.exp_().masked_fill_(y == 0, 0.0)  # r = ỹ / m, 0 where ỹ = 0
+                    hard_grad = r.neg_().add_(big_r.float().unsqueeze(1)).mul_(q).mul_(beta)  # β q (R - r)
+                    torch.where(is_hard.unsqueeze(1), hard_grad, easy, out=grad)
+                else:
+                    grad.copy_(easy)
             weight = (grad_scale.double() * inv_t).float().unsqueeze(1)
-            student.copy_(torch.where(valid.unsqueeze(1), grad * weight, torch.zeros_like(grad)))
+            grad.mul_(weight).masked_fill_(~valid.unsqueeze(1), 0.0)
+        zero = torch.zeros_like(d)
         return (torch.where(valid, loss, zero).float(), torch.where(valid, d, zero).float(), is_hard)
 
 

@@ -216,7 +216,7 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
         the loss (``()`` float32, or ``(N,)`` for ``none``), and :class:`KDStats` if ``return_stats``.
     """
     if vocab_parallel_group is not None:
-        options, a, vocab_s, vocab_t, name = _vocab_parallel_call(
+        options, a, vocab_s, vocab_t, name, ranks = _vocab_parallel_call(
             vocab_parallel_group, vocab_parallel_reduce_grad_input, student_input, student_weight, teacher_input,
             teacher_weight, labels, teacher_logits, student_bias, teacher_bias, num_items_in_batch, return_stats,
             backend, KDOptions(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size))
@@ -230,10 +230,10 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
             loss, stats = whole(student_input, student_weight, student_bias, teacher_input, teacher_weight,
                                 teacher_bias, teacher_logits, labels.contiguous(), options, a.num_items)
             return (loss, stats) if return_stats else loss
-        vocab_s = student_weight.shape[0]
+        vocab_s, ranks = student_weight.shape[0], 1
         vocab_t = teacher_logits.shape[1] if teacher_logits is not None else teacher_weight.shape[0]
     labels = labels.contiguous()
-    chunk = kd_chunk_rows(options, labels.shape[0], vocab_s, vocab_t, student_input.device)
+    chunk = kd_chunk_rows(options, labels.shape[0], vocab_s, vocab_t, student_input.device, ranks)
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (student_input, student_weight, student_bias))
     loss, d, hard, *_ = torch.ops.mtkernels.self_evolution_kd(
@@ -247,7 +247,7 @@ def _vocab_parallel_call(group, reduce_grad_input, student_input, student_weight
                          labels, teacher_logits, student_bias, teacher_bias, num_items_in_batch, return_stats,
                          backend, options: KDOptions):
     """Checks of a vocabulary-parallel call agreed by every rank: ``(options for the op, KDArgs, global
-    V_s, global V_t, backend name)``."""
+    V_s, global V_t, backend name, group size)``."""
     named = dict(student_input=student_input, student_weight=student_weight, teacher_input=teacher_input,
                  teacher_weight=teacher_weight, labels=labels, teacher_logits=teacher_logits,
                  student_bias=student_bias, teacher_bias=teacher_bias, num_items_in_batch=num_items_in_batch)
@@ -270,4 +270,4 @@ def _vocab_parallel_call(group, reduce_grad_input, student_input, student_weight
 
     layout, (options, a, name) = kd_vocab_parallel.agree_on_call(group, check_locally)
     options = dataclasses.replace(options, group_name=group.group_name, vocab_offset=layout.offset)
-    return options, a, layout.vocab, layout.vocab, name
+    return options, a, layout.vocab, layout.vocab, name, len(layout.sizes)
