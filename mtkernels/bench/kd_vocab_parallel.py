@@ -52,7 +52,7 @@ class Config:
     runs: int = 5
 
 
-def _inputs(config: Config, device):
+def make_inputs(config: Config, device):
     n, h, v = config.shape
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, v, (n,), generator=g)
@@ -63,7 +63,7 @@ def _inputs(config: Config, device):
     return tuple(t.to(device, dtype) for t in floats) + (labels.to(device),)
 
 
-def _step(h, w, ht, wt, labels, mode, group=None):
+def step(h, w, ht, wt, labels, mode, group=None):
     import mtkernels
 
     h, w = h.detach().requires_grad_(), w.detach().requires_grad_()
@@ -135,7 +135,7 @@ def _rank(rank: int, config: Config, store: str, out_dir: str) -> None:
     dist.init_process_group(_dist_backend(config), init_method=f"file://{store}", rank=rank,
                             world_size=config.world_size)
     try:
-        h, w, ht, wt, labels = _inputs(config, device)
+        h, w, ht, wt, labels = make_inputs(config, device)
         v = w.shape[0]
         bounds = [v * r // config.world_size for r in range(config.world_size + 1)]
         cols = slice(bounds[rank], bounds[rank + 1])
@@ -143,7 +143,7 @@ def _rank(rank: int, config: Config, store: str, out_dir: str) -> None:
         group = dist.group.WORLD
 
         def call():
-            return _step(h, w, ht, wt, labels, config.mode, group)
+            return step(h, w, ht, wt, labels, config.mode, group)
 
         time_ms = _fixed_median_ms(call, device, config, barrier=dist.barrier)
         dist.barrier()
@@ -164,10 +164,10 @@ def _one_process(config: Config) -> Dict:
     if device.type == "cpu":
         torch.set_num_threads(config.threads_per_rank * config.world_size)
     try:
-        h, w, ht, wt, labels = _inputs(config, device)
+        h, w, ht, wt, labels = make_inputs(config, device)
 
         def call():
-            return _step(h, w, ht, wt, labels, config.mode)
+            return step(h, w, ht, wt, labels, config.mode)
 
         return dict(time_ms=_fixed_median_ms(call, device, config), peak_mb=peak_memory_mb(call, device))
     finally:
