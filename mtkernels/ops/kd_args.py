@@ -21,10 +21,22 @@ class KDArgs:
     num_items: Optional[Tensor]  # () float32 on the inputs' device, or None
 
 
+def _is_dtensor(t) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
 def _matrix(t, name: str, shape_text: str, device=None, vocab_dim: Optional[int] = None):
     """A 2-D floating tensor; ``vocab_dim``, when given, is the dimension that must be non-empty."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor {shape_text}, got {type(t).__name__}")
+    if _is_dtensor(t):  # e.g. an FSDP2 (fully_shard) parameter read outside the module's forward
+        raise TypeError(f"{name}: a DTensor (a sharded parameter, e.g. of fully_shard, read outside the module's "
+                        f"forward); compute the loss inside a forward, or a method registered with "
+                        f"torch.distributed.fsdp.register_fsdp_forward_method, where the weight is whole")
     if t.dim() != 2:
         raise ValueError(f"{name}: expected shape {shape_text}, got {tuple(t.shape)}")
     if vocab_dim is not None and t.shape[vocab_dim] < 1:
