@@ -67,7 +67,8 @@ def vocab_parallel(case, rank, teacher_logits=False, grad_weights=None, sizes=SL
     h = _leaf(case["student_input"])
     w, b = _leaf(case["student_weight"][cols]), _leaf(case["student_bias"][cols])
     if teacher_logits:
-        teacher = dict(teacher_logits=torch.nn.functional.linear(case["teacher_input"], case["teacher_weight"])[:, cols])
+        logits = torch.nn.functional.linear(case["teacher_input"], case["teacher_weight"])
+        teacher = dict(teacher_logits=logits[:, cols])
     else:
         teacher = dict(teacher_input=case["teacher_input"], teacher_weight=case["teacher_weight"][cols])
     loss, stats = mtkernels.self_evolution_kd_loss(h, w, labels=case["labels"], student_bias=b, return_stats=True,
@@ -133,7 +134,7 @@ def case_options(rank):
     for options in (dict(temperature=2.0), dict(temperature=0.5, mode="reverse_kd"), dict(num_items_in_batch=50),
                     dict(num_items_in_batch=torch.tensor(0)), dict(lam=0.0), dict(lam=1.0), dict(beta=1.0, mode="skew"),
                     dict(gamma=0.0), dict(lam=1.0, mode="reverse_kd"), dict(chunk_size=None),
-                    dict(mode="forward_kd", lam=0.0)):
+                    dict(mode="forward_kd", lam=0.0), dict(mode="reverse_kd", lam=0.0)):
         try:
             compare(vocab_parallel(case, rank, chunk_size=5, **options) if "chunk_size" not in options
                     else vocab_parallel(case, rank, **options),
@@ -179,7 +180,8 @@ def case_teacher_logits_and_from_logits(rank):
     labels = case["labels"].clamp_max(VOCAB - 31)
     padded = student.clone()
     padded[:, -30:] = -float("inf")  # a padded vocabulary: masked in both
-    sub_cases = [(m, r, student) for m in ("self_evolution", "self_evolution_topk", "forward_kd") for r in ("mean", "none")]
+    sub_cases = [(m, r, student) for m in ("self_evolution", "self_evolution_topk", "forward_kd")
+                 for r in ("mean", "none")]
     sub_cases += [("skew", "sum", padded), ("reverse_kd", "sum", padded)]
     for mode, reduction, logits in sub_cases:
         # the reference's autograd gives NaN gradients at -inf student logits; the fused CPU backend gives 0

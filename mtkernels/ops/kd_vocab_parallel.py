@@ -169,7 +169,8 @@ def _check_agreed(ranks: List[dict], facts: CallFacts) -> None:
                          f"{[None if v < 0 else v for v in per_rank('num_items')]} by rank")
     if not _same(ranks, "options_crc"):
         raise ValueError("vocab_parallel_group: the loss options (mode, lam, beta, gamma, hard_fraction, temperature, "
-                         "ignore_index, reduction, chunk_size) differ between ranks; every rank must make the same call")
+                         "ignore_index, reduction, chunk_size) differ between ranks; every rank must make the same "
+                         "call")
     vocab, lo, hi = sum(student), min(per_rank("label_min")), max(per_rank("label_max"))
     if hi >= vocab or (lo < 0 and lo != _NO_LABEL_MIN):
         raise ValueError(f"labels: must be in [0, {vocab}) (global ids: the vocabulary is the ranks' slices "
@@ -338,7 +339,11 @@ class VocabParallelRows:
             if kind == LossKind.REVERSE_KD:
                 spread = torch.sub(log_q, log_p, out=scratch).sub_(kl_qp.float().unsqueeze(1)).mul_(q)
                 spread.masked_fill_(q == 0, 0.0)  # q = 0: no term, whatever log q - log p
-                torch.mul(spread, lam, out=grad) if lam > 0 else grad.zero_()  # (1 - λ)(q - onehot) + λ q (log q - log p - KL(q ‖ p))
+                # (1 - λ)(q - onehot) + λ q (log q - log p - KL(q ‖ p))
+                if lam > 0:
+                    torch.mul(spread, lam, out=grad)
+                else:  # no λ term (spread may be infinite where p = 0)
+                    grad.zero_()
                 if lam < 1:
                     grad.add_(q, alpha=1 - lam).scatter_add_(1, col, -(1 - lam) * owns.float().unsqueeze(1))
             else:
