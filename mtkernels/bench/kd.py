@@ -10,7 +10,8 @@ where there is a CUDA device, on CUDA tensors.
   default ``compiled=True`` on CUDA tensors;
 - ``gemm-floor``: the four GEMMs alone (student logits, the two student-gradient GEMMs, teacher logits).
 
-A case that cannot run here raises ``Unavailable`` with the reason, from ``make_case``.
+A case that cannot run here raises ``Unavailable`` with the reason, from ``make_case``. The
+vocabulary-parallel loss on several processes against one is ``mtkernels.bench.kd_vocab_parallel``.
 """
 
 from __future__ import annotations

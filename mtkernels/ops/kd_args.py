@@ -21,10 +21,22 @@ class KDArgs:
     num_items: Optional[Tensor]  # () float32 on the inputs' device, or None
 
 
+def _is_dtensor(t) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
 def _matrix(t, name: str, shape_text: str, device=None, vocab_dim: Optional[int] = None):
     """A 2-D floating tensor; ``vocab_dim``, when given, is the dimension that must be non-empty."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor {shape_text}, got {type(t).__name__}")
+    if _is_dtensor(t):  # e.g. an FSDP2 (fully_shard) parameter read outside the module's forward
+        raise TypeError(f"{name}: a DTensor (a sharded parameter, e.g. of fully_shard, read outside the module's "
+                        f"forward); compute the loss inside a forward, or a method registered with "
+                        f"torch.distributed.fsdp.register_fsdp_forward_method, where the weight is whole")
     if t.dim() != 2:
         raise ValueError(f"{name}: expected shape {shape_text}, got {tuple(t.shape)}")
     if vocab_dim is not None and t.shape[vocab_dim] < 1:
@@ -46,7 +58,9 @@ def _bias(b, name: str, rows: int, device):
         raise ValueError(f"{name}: on {b.device}, but student_input is on {device}")
 
 
-def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
+def check_labels(labels, n: int, vocab: Optional[int], ignore_index: int, device) -> None:
+    """``vocab`` None: shape, dtype and device only (the vocabulary-parallel form checks the range
+    against the global vocabulary once every rank's slice size is known)."""
     check_ignore_index(ignore_index)
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected a ({n},) int64 tensor, got {type(labels).__name__}")
@@ -58,6 +72,8 @@ def check_labels(labels, n: int, vocab: int, ignore_index: int, device) -> None:
                          f"position's hidden state or logits")
     if labels.device != device:
         raise ValueError(f"labels: on {labels.device}, but the logits/inputs are on {device}")
+    if vocab is None:
+        return
     in_range = (labels == ignore_index) | ((labels >= 0) & (labels < vocab))
     if labels.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(in_range.all()):
@@ -104,7 +120,7 @@ def num_items_tensor(num_items_in_batch, device) -> Optional[Tensor]:
 
 
 def check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits, student_bias,
-          teacher_bias, options: KDOptions, num_items_in_batch, return_stats) -> KDArgs:
+          teacher_bias, options: KDOptions, num_items_in_batch, return_stats, check_label_range: bool = True) -> KDArgs:
     _matrix(student_input, "student_input", "(N, H_s)")
     device = student_input.device
     n, hidden = student_input.shape
@@ -130,7 +146,8 @@ def check(student_input, student_weight, teacher_input, teacher_weight, labels, 
                              f"{tuple(teacher_input.shape)} and {tuple(teacher_weight.shape)}")
         _bias(teacher_bias, "teacher_bias", teacher_weight.shape[0], device)
         vocab_t = teacher_weight.shape[0]
-    check_labels(labels, n, min(student_weight.shape[0], vocab_t), options.ignore_index, device)
+    check_labels(labels, n, min(student_weight.shape[0], vocab_t) if check_label_range else None,
+                 options.ignore_index, device)
     if not isinstance(return_stats, bool):
         raise TypeError("return_stats: expected a bool")
     return KDArgs(num_items_tensor(num_items_in_batch, device))

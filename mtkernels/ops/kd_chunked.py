@@ -14,15 +14,24 @@ import torch
 
 from .. import backends
 from ..reference.self_evolution_kd import hard_rows_by_rank
+from . import kd_vocab_parallel
 from .chunked_loss import chunk_plan, chunked_pass
 from .kd_options import KDOptions
 
 Tensor = torch.Tensor
 
 
-def kd_chunk_rows(options: KDOptions, n_rows: int, vocab_s: int, vocab_t: int, device: torch.device) -> int:
-    """Rows per chunk for global vocabulary sizes ``vocab_s`` (student) and ``vocab_t`` (teacher)."""
-    return chunk_plan(n_rows, vocab_s + vocab_t, device.type, options.chunk_size)
+def kd_chunk_rows(options: KDOptions, n_rows: int, vocab_s: int, vocab_t: int, device: torch.device,
+                  ranks: int = 1) -> int:
+    """Rows per chunk for global vocabulary sizes ``vocab_s`` (student) and ``vocab_t`` (teacher).
+
+    ``ranks`` > 1: a vocabulary-parallel call over that many ranks, whose row kernel holds
+    ``ROW_KERNEL_BUFFERS`` float32 buffers of a rank's average slice per row instead of two of the
+    whole vocabulary: the same budget per rank. Global sizes only, so every rank plans the same chunks."""
+    columns = vocab_s + vocab_t
+    if ranks > 1:
+        columns = -(-kd_vocab_parallel.ROW_KERNEL_BUFFERS * max(vocab_s, vocab_t) // ranks)
+    return chunk_plan(n_rows, columns, device.type, options.chunk_size)
 
 
 def _ranked_hard_rows(student, teacher, labels: Tensor, options: KDOptions, vocab: int, chunk: int,
@@ -45,12 +54,14 @@ def fused_kd_pass(student, teacher, labels: Tensor, options: KDOptions, grad_sca
                   hard: Optional[Tensor], backend: str):
     """One pass over the chunks (``options.chunk_size`` rows each, already planned).
 
-    ``student`` / ``teacher`` are logits sources of mtkernels/ops/chunked_loss.py. Returns
+    ``student`` / ``teacher`` are logits sources of mtkernels/ops/chunked_loss.py (with
+    ``options.group_name``, of this rank's vocabulary slice). Returns
     ``(loss_rows (N,), d (N,), hard (N,) bool, grads)``: grads ``None`` when ``grad_scale`` is None,
     else the student's gradients of ``Σ_i grad_scale_i · loss_i``."""
-    if options.group_name is not None:
-        raise NotImplementedError("group_name: the vocabulary-parallel KD loss is not available in this version")
-    rows_kernel = backends.kernel("kd", "rows", backend)
+    if options.group_name is not None:  # one plain-torch row kernel for every backend (docs/kd.md)
+        rows_kernel, student = kd_vocab_parallel.pass_parts(options, student)
+    else:
+        rows_kernel = backends.kernel("kd", "rows", backend)
     n, chunk = labels.shape[0], options.chunk_size
     vocab = min(student.vocab, teacher.vocab)
     if options.mode == "self_evolution_topk" and hard is None:

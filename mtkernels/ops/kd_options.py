@@ -99,8 +99,10 @@ class KDOptions:
 
     ``chunk_size``: rows per chunk, ``None`` for the memory budget (``chunk_plan``).
     ``group_name``: the vocabulary-parallel process group's name (``torch.distributed`` group
-    ``group_name``), ``None`` on one device. Custom-op schemas carry these fields flat, in field
-    order (:meth:`flat`, :meth:`from_flat`, :data:`KD_OPTIONS_SCHEMA`).
+    ``group_name``), ``None`` on one device; ``vocab_offset``: the first global vocabulary id of this
+    rank's slice; ``reduce_grad_input``: whether ``grad_input`` is summed across the group (docs/kd.md,
+    "Vocabulary-parallel"). Custom-op schemas carry these fields flat, in field order (:meth:`flat`,
+    :meth:`from_flat`, :data:`KD_OPTIONS_SCHEMA`).
     """
 
     mode: str = "self_evolution"
@@ -113,6 +115,8 @@ class KDOptions:
     reduction: str = "mean"
     chunk_size: Optional[int] = None
     group_name: Optional[str] = None
+    vocab_offset: int = 0
+    reduce_grad_input: bool = True
 
     def __post_init__(self):
         if not isinstance(self.mode, str) or self.mode not in MODES:
@@ -135,6 +139,13 @@ class KDOptions:
         if self.group_name is not None and not isinstance(self.group_name, str):
             raise TypeError(f"group_name: expected a process group's name (str) or None, got "
                             f"{type(self.group_name).__name__}")
+        offset = self.vocab_offset
+        if not isinstance(offset, numbers.Integral) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(f"vocab_offset: must be a non-negative int, got {offset!r}")
+        fix("vocab_offset", int(offset))
+        if not isinstance(self.reduce_grad_input, bool):
+            raise TypeError(f"vocab_parallel_reduce_grad_input: expected a bool, got "
+                            f"{type(self.reduce_grad_input).__name__}")
 
     @property
     def mode_code(self) -> Mode:
@@ -155,7 +166,7 @@ class KDOptions:
 
 _SCHEMA_TYPES = {"mode": "str", "lam": "float", "beta": "float", "gamma": "float", "hard_fraction": "float",
                  "temperature": "float", "ignore_index": "int", "reduction": "str", "chunk_size": "int?",
-                 "group_name": "str?"}
+                 "group_name": "str?", "vocab_offset": "int", "reduce_grad_input": "bool"}
 # The options' part of a custom-op schema, e.g. "str mode, float lam, ..., str? group_name".
 KD_OPTIONS_SCHEMA = ", ".join(f"{_SCHEMA_TYPES[f.name]} {f.name}" for f in dataclasses.fields(KDOptions))
 NUM_OPTIONS = len(dataclasses.fields(KDOptions))

@@ -15,7 +15,7 @@ import torch
 
 from .. import backends
 from ..reference import self_evolution_kd as ref
-from . import kd_args
+from . import kd_args, kd_vocab_parallel
 from .chunked_loss import (GivenLogits, LinearBlock, LinearLogits, input_grads, loss_only_differentiable,
                            refuse_second_backward, scaled_in_place)
 from .kd_chunked import fused_kd_pass, kd_chunk_rows
@@ -179,7 +179,8 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
                            beta: float = 0.5, gamma: float = 0.4, hard_fraction: float = 0.2,
                            temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean",
                            num_items_in_batch=None, chunk_size: Optional[int] = None, return_stats: bool = False,
-                           backend: str = "auto"):
+                           backend: str = "auto", vocab_parallel_group=None,
+                           vocab_parallel_reduce_grad_input: bool = True):
     """Self-evolution KD loss (or a baseline, by ``mode``) from hidden states and lm_head weights.
 
     Never materialises tokens × vocabulary: logits are formed in row chunks (``chunk_size`` rows,
@@ -199,25 +200,74 @@ def self_evolution_kd_loss(student_input: Tensor, student_weight: Tensor, teache
         lam, beta, gamma, hard_fraction, temperature: docs/kd.md (λ ∈ [0,1], β ∈ (0,1], Γ ≥ 0, fraction ∈ [0,1], τ > 0).
         reduction: ``mean`` (Σ rows / n_valid, or / ``num_items_in_batch``), ``sum`` or ``none`` (``(N,)``).
         return_stats: also return :class:`KDStats` (valid rows, hard rows, mean difficulty).
+        vocab_parallel_group: a ``torch.distributed`` process group whose ranks each hold a contiguous slice of
+            the vocabulary, in rank order (sizes may differ): then ``student_weight`` ``(V_r, H_s)``,
+            ``student_bias`` ``(V_r,)``, ``teacher_weight`` ``(V_r, H_t)``, ``teacher_bias`` ``(V_r,)`` or
+            ``teacher_logits`` ``(N, V_r)`` are this rank's slice (the student's and the teacher's slices the
+            same ids), every rank passes the same ``student_input``, ``teacher_input`` and global ``labels``,
+            and every rank gets the full loss and stats and the full ``grad_input``; ``grad_weight`` is its
+            slice's. Every rank raises the same error on a bad argument (docs/kd.md, "Vocabulary-parallel").
+        vocab_parallel_reduce_grad_input: sum ``grad_input`` across the group (default). Pass False when
+            ``student_input`` comes through a layer whose backward already sums its gradient across the
+            group (e.g. Megatron's ``copy_to_tensor_model_parallel_region``): then each rank's
+            ``grad_input`` is its slice's share.
 
     Returns:
         the loss (``()`` float32, or ``(N,)`` for ``none``), and :class:`KDStats` if ``return_stats``.
     """
-    options = KDOptions(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size)
-    a = kd_args.check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits,
-                      student_bias, teacher_bias, options, num_items_in_batch, return_stats)
+    if vocab_parallel_group is not None:
+        options, a, vocab_s, vocab_t, name, ranks = _vocab_parallel_call(
+            vocab_parallel_group, vocab_parallel_reduce_grad_input, student_input, student_weight, teacher_input,
+            teacher_weight, labels, teacher_logits, student_bias, teacher_bias, num_items_in_batch, return_stats,
+            backend, KDOptions(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size))
+    else:
+        options = KDOptions(mode, lam, beta, gamma, hard_fraction, temperature, ignore_index, reduction, chunk_size)
+        a = kd_args.check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits,
+                          student_bias, teacher_bias, options, num_items_in_batch, return_stats)
+        name = backends.resolve_backend(backend, student_input.device, "kd")
+        whole = backends.whole_op("kd", "loss", name)
+        if whole is not None:
+            loss, stats = whole(student_input, student_weight, student_bias, teacher_input, teacher_weight,
+                                teacher_bias, teacher_logits, labels.contiguous(), options, a.num_items)
+            return (loss, stats) if return_stats else loss
+        vocab_s, ranks = student_weight.shape[0], 1
+        vocab_t = teacher_logits.shape[1] if teacher_logits is not None else teacher_weight.shape[0]
     labels = labels.contiguous()
-    name = backends.resolve_backend(backend, student_input.device, "kd")
-    whole = backends.whole_op("kd", "loss", name)
-    if whole is not None:
-        loss, stats = whole(student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias,
-                            teacher_logits, labels, options, a.num_items)
-        return (loss, stats) if return_stats else loss
-    vocab_t = teacher_logits.shape[1] if teacher_logits is not None else teacher_weight.shape[0]
-    chunk = kd_chunk_rows(options, labels.shape[0], student_weight.shape[0], vocab_t, student_input.device)
+    chunk = kd_chunk_rows(options, labels.shape[0], vocab_s, vocab_t, student_input.device, ranks)
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (student_input, student_weight, student_bias))
     loss, d, hard, *_ = torch.ops.mtkernels.self_evolution_kd(
         student_input, student_weight, student_bias, teacher_input, teacher_weight, teacher_bias, teacher_logits,
         labels, a.num_items, *dataclasses.replace(options, chunk_size=chunk).flat(), name, need_grad)
     return finish(loss, d, hard, labels, options, return_stats)
+
+
+@torch.compiler.disable  # collectives and host reads of the gathered facts: eager, before the op
+def _vocab_parallel_call(group, reduce_grad_input, student_input, student_weight, teacher_input, teacher_weight,
+                         labels, teacher_logits, student_bias, teacher_bias, num_items_in_batch, return_stats,
+                         backend, options: KDOptions):
+    """Checks of a vocabulary-parallel call agreed by every rank: ``(options for the op, KDArgs, global
+    V_s, global V_t, backend name, group size)``."""
+    named = dict(student_input=student_input, student_weight=student_weight, teacher_input=teacher_input,
+                 teacher_weight=teacher_weight, labels=labels, teacher_logits=teacher_logits,
+                 student_bias=student_bias, teacher_bias=teacher_bias, num_items_in_batch=num_items_in_batch)
+
+    def check_locally():
+        checked = dataclasses.replace(options, reduce_grad_input=reduce_grad_input)
+        for key, value in named.items():
+            kd_vocab_parallel.check_tensor(value, key, group)
+        a = kd_args.check(student_input, student_weight, teacher_input, teacher_weight, labels, teacher_logits,
+                          student_bias, teacher_bias, options, num_items_in_batch, return_stats,
+                          check_label_range=False)
+        name = backends.resolve_backend(backend, student_input.device, "kd")
+        given = teacher_logits is not None
+        facts = kd_vocab_parallel.CallFacts(
+            rows=student_input.shape[0], vocab_s=student_weight.shape[0],
+            vocab_t=teacher_logits.shape[1] if given else teacher_weight.shape[0], hidden_s=student_input.shape[1],
+            hidden_t=-1 if given else teacher_input.shape[1], labels=labels, ignore_index=options.ignore_index,
+            num_items=a.num_items, options=checked, teacher_name="teacher_logits" if given else "teacher_weight")
+        return facts, (checked, a, name)
+
+    layout, (options, a, name) = kd_vocab_parallel.agree_on_call(group, check_locally)
+    options = dataclasses.replace(options, group_name=group.group_name, vocab_offset=layout.offset)
+    return options, a, layout.vocab, layout.vocab, name, len(layout.sizes)
