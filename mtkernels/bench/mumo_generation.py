@@ -25,6 +25,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..mumo import MuMoGenerator
+
 # Word-segmented sentences (spaces mark word boundaries; the texts join them).
 SENTENCES = [
     "今日 は 天気 が いい ので 友達 と 公園 へ 散歩 に 行き ました 。",
@@ -195,8 +197,6 @@ def _new_tokens(out, prompt_len: int, eos: int) -> int:
 
 def generation_records(setup: Setup, config: MuMoBenchConfig) -> List[Dict]:
     """Per batch size: plain greedy and MuMoGenerator, new tokens/s and morphemes/s side by side."""
-    from ..mumo import MuMoGenerator
-
     gen = MuMoGenerator(setup.model, setup.head, setup.tokenizer, k=config.k)
     eos = setup.tokenizer.eos_token_id
     records = []
@@ -228,7 +228,6 @@ def generation_records(setup: Setup, config: MuMoBenchConfig) -> List[Dict]:
 def trie_inputs(setup: Setup, batch: int, k: int):
     """One step's state: a prefilled cache and the trie of the head's top-k for ``batch`` prompts."""
     from ..generation.model_set import new_cache
-    from ..mumo import MuMoGenerator
     from ..mumo.trie import build_tries
 
     gen = MuMoGenerator(setup.model, setup.head, setup.tokenizer, k=k)
@@ -241,17 +240,18 @@ def trie_inputs(setup: Setup, batch: int, k: int):
     return gen, ids, mask, cache, cands, build_tries(cands)
 
 
-def trie_records(setup: Setup, config: MuMoBenchConfig, batch: int = 1) -> List[Dict]:
-    """One verification step: a forward over the trie on the cache, against K separate forwards
-    (each candidate from scratch on prompt + candidate, as a loop without trie or cache would)."""
-    from ..bench.measure import peak_memory_mb
-    from ..mumo.tree_cache import tree_attention_mask
+def trie_step_functions(setup: Setup, gen, ids, mask, cache, cands, trie) -> Dict[str, Callable[[], None]]:
+    """One verification step two ways: a forward over the trie on (a copy of) the cache, and K
+    separate forwards, each candidate from scratch on prompt + candidate (a loop without trie or
+    cache)."""
     import copy
 
-    gen, ids, mask, cache, cands, trie = trie_inputs(setup, batch, config.k)
+    from ..mumo.tree_cache import tree_attention_mask
+
     attn = setup.model.config._attn_implementation
     tree_mask = tree_attention_mask(mask, trie.tree_mask, attn, torch.float32)
     positions = mask.sum(-1, keepdim=True) + trie.depth
+    decoder = setup.model.get_decoder()
 
     def trie_forward():
         with torch.no_grad():
@@ -259,14 +259,22 @@ def trie_records(setup: Setup, config: MuMoBenchConfig, batch: int = 1) -> List[
 
     def separate_forwards():
         with torch.no_grad():
-            for b in range(batch):
+            for b in range(ids.shape[0]):
                 prompt = ids[b][mask[b].bool()].tolist()
                 for c in cands[b]:
-                    x = torch.tensor([prompt + c[:-1] + c[-1:]])
-                    setup.model.get_decoder()(input_ids=x)
+                    decoder(input_ids=torch.tensor([prompt + c]))
 
+    return {"trie_forward": trie_forward, "separate_forwards": separate_forwards}
+
+
+def trie_records(setup: Setup, config: MuMoBenchConfig, batch: int = 1) -> List[Dict]:
+    """Time and peak memory of one verification step, trie forward against separate forwards."""
+    from .measure import peak_memory_mb
+
+    gen, ids, mask, cache, cands, trie = trie_inputs(setup, batch, config.k)
+    fns = trie_step_functions(setup, gen, ids, mask, cache, cands, trie)
     out = []
-    for name, fn in (("trie_forward", trie_forward), ("separate_forwards", separate_forwards)):
+    for name, fn in fns.items():
         out.append({"bench": "mumo_trie", "method": name, "batch": batch, "k": config.k,
                     "nodes": int(trie.num_nodes.max()), "candidate_tokens": int(trie.lengths.sum()),
                     "ms": _median_ms(fn, max(3, config.repeats)), "peak_mb": peak_memory_mb(fn, "cpu")})
