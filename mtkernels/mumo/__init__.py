@@ -8,13 +8,24 @@ base tokenizer splits finely (Japanese, Korean).
     out = MuMoGenerator(base_model, head, tokenizer, k=10).generate(input_ids, max_new_tokens=64)
 """
 
-from .generator import GenerationStats, MuMoGenerator
+import importlib
+
 from .head import MuMoHead
 from .morphemes import morphemes
 from .scripts import JAPANESE, KOREAN, PRESETS
 from .segment import Unit
-from .train import TrainResult, train_head
 from .vocab import MonoVocab
+
+# Generation and training pull in mtkernels.generation: imported on first access, so that the
+# `mtkernels` command (which defines `mtkernels mumo`) starts without them.
+_LAZY = {"GenerationStats": "generator", "MuMoGenerator": "generator", "TrainResult": "train", "train_head": "train"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["JAPANESE", "KOREAN", "PRESETS", "GenerationStats", "MonoVocab", "MuMoGenerator", "MuMoHead",
            "TrainResult", "Unit", "morphemes", "train_head"]
