@@ -11,6 +11,7 @@ from .backends import available_backends, backend_report
 from . import nn
 from .ops.collab import CollabSoftmaxOutput, collab_logits, fused_collab_sample, fused_collab_softmax
 from .ops.kd_from_logits import self_evolution_kd_loss_from_logits
+from .ops.mumo_head import mumo_head_cross_entropy, mumo_head_topk
 from .ops.self_evolution_kd import KDStats, self_evolution_kd_loss
 
 __version__ = "0.3.0"
@@ -37,6 +38,8 @@ __all__ = [
     "fused_collab_softmax",
     "generation",
     "mumo",
+    "mumo_head_cross_entropy",
+    "mumo_head_topk",
     "nn",
     "self_evolution_kd_loss",
     "self_evolution_kd_loss_from_logits",

@@ -21,6 +21,9 @@ constexpr const char* kKdRows =
     "kd_rows(Tensor(a!) student, Tensor teacher, Tensor labels, Tensor? hard, Tensor grad_scale, int mode,"
     " float lam, float beta, float gamma, float temperature, int ignore_index, int vocab, bool compute_grad)"
     " -> (Tensor, Tensor, Tensor)";
+constexpr const char* kMumoCeRows =
+    "mumo_ce_rows(Tensor(a!) logits, Tensor targets, Tensor grad_scale, int ignore_index, bool compute_grad)"
+    " -> Tensor";
 
 }  // namespace schema
 }  // namespace mtk

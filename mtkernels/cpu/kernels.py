@@ -58,3 +58,13 @@ def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, 
 
 if UNAVAILABLE_REASON is None:
     register_kernels("cpu", "kd", rows=kd_rows)
+
+
+def mumo_ce_rows(logits, targets, grad_scale, ignore_index, compute_grad):
+    """MuMo head cross-entropy row kernel (csrc/cpu/mumo_head.cpp): loss ``(r,)``; ``logits``
+    becomes the gradient in place when ``compute_grad``."""
+    return _ops().mumo_ce_rows(logits, targets, grad_scale, int(ignore_index), bool(compute_grad))
+
+
+if UNAVAILABLE_REASON is None:
+    register_kernels("cpu", "mumo_head", ce_rows=mumo_ce_rows)

@@ -72,3 +72,12 @@ def kd_rows(student, teacher, labels, hard, grad_scale, mode, lam, beta, gamma, 
 
 
 register_kernels("cuda", "kd", rows=kd_rows)
+
+
+def mumo_ce_rows(logits, targets, grad_scale, ignore_index, compute_grad):
+    """MuMo head cross-entropy row kernel (csrc/cuda/mumo_head.cu): loss ``(r,)``; ``logits`` becomes
+    the gradient in place when ``compute_grad`` (definition: ``ce_rows`` in mtkernels/reference/mumo_head.py)."""
+    return _ops().mumo_ce_rows(logits, targets, grad_scale, int(ignore_index), bool(compute_grad))
+
+
+register_kernels("cuda", "mumo_head", ce_rows=mumo_ce_rows)

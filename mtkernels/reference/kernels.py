@@ -142,3 +142,13 @@ def kd_whole_loss(student_input, student_weight, student_bias, teacher_input, te
 
 register_kernels("reference", "kd", rows=kd_rows, whole_loss=kd_whole_loss,
                  whole_loss_from_logits=kd_whole_loss_from_logits)
+
+
+# --- MuMo head ------------------------------------------------------------------------------------
+# The ops whole by the spec (mtkernels/reference/mumo_head.py); the top-k of the fused backends is
+# composed from their collab ``topk`` kernel, the loss from their ``ce_rows`` row kernel.
+
+from . import mumo_head  # noqa: E402
+
+register_kernels("reference", "mumo_head", ce_rows=mumo_head.ce_rows, whole_topk=mumo_head.head_topk,
+                 whole_cross_entropy=mumo_head.cross_entropy)

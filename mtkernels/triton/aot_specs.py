@@ -24,10 +24,11 @@ from typing import Dict, Iterable, List, Sequence
 
 import torch
 
-from . import collab, self_evolution_kd
+from . import collab, mumo_head, self_evolution_kd
 from .collab_kernels import (MAX_MODELS, collab_gumbel_argmax_kernel, collab_logits_kernel,
                              collab_threshold_mass_kernel, collab_topk_kernel)
 from .kd_kernels import kd_rows_kernel
+from .mumo_head_kernels import ce_rows_kernel
 from .utils import LAUNCH_OPTIONS
 
 
@@ -123,6 +124,26 @@ def kd_specs() -> List[dict]:
     return specs
 
 
+# --- MuMo head --------------------------------------------------------------------------------------
+
+_CE_TYPES = dict(logits_ptr="*fp32", targets_ptr="*i64", grad_scale_ptr="*fp32", loss_ptr="*fp32", stride="i32",
+                 cols="i32", ignore_index="i32", compute_grad="i32")
+
+
+def mumo_head_specs() -> List[dict]:
+    """ce_rows_kernel at every BLOCK / num_warps the GPU launcher picks; the largest BLOCK also with
+    the row stride and length divisible by 16, as the JIT specialises them."""
+    signature = _signature(ce_rows_kernel, _CE_TYPES)
+    specs = []
+    blocks = mumo_head.GPU_BLOCKS
+    for block in blocks:
+        warps = mumo_head.ce_config(block, torch.device("cuda"))[1]
+        for aligned in ([False, True] if block == blocks[-1] else [False]):
+            specs.append(_spec(ce_rows_kernel, ["fp32"], signature, dict(BLOCK=block), warps,
+                               ["stride", "cols"] if aligned else []))
+    return specs
+
+
 def specs() -> List[dict]:
-    """Every kernel's specs: collab_specs() + kd_specs()."""
-    return collab_specs() + kd_specs()
+    """Every kernel's specs: collab_specs() + kd_specs() + mumo_head_specs()."""
+    return collab_specs() + kd_specs() + mumo_head_specs()
