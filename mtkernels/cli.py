@@ -1,7 +1,8 @@
 """The ``mtkernels`` command.
 
-    mtkernels bench [--out DIR] [--quick] [--backend NAME] [--no-compile] [--no-kd] [--no-generation]
+    mtkernels bench [--out DIR] [--quick] [--backend NAME] [--no-compile] [--no-kd] [--no-generation] [--no-mumo]
     mtkernels translate --large DIR --small DIR ... --src-lang ja --tgt-lang en --input FILE [--ref FILE] ...
+    mtkernels mumo vocab|train|generate ...
     mtkernels backends
     mtkernels build [--cuda-arch 8.0,9.0] [--dry-run]
 
@@ -9,9 +10,11 @@
 PyTorch chains they replace, prints one line per case as it runs and then a table, and writes
 ``DIR/collab.json`` and ``DIR/collab_speedup_vs_vocab.png`` (default DIR: ``bench-results``); then
 the self-evolution KD loss (``DIR/kd.json``) and end-to-end generation, ``CollabGenerator`` against
-a proxy-tuning loop of Hugging Face forwards and warpers (``DIR/generation.json``).
+a proxy-tuning loop of Hugging Face forwards and warpers (``DIR/generation.json``), and MuMo
+generation against plain greedy decoding on a synthetic Japanese corpus (``DIR/mumo_generation.json``).
 
-``translate`` translates a file with collaborative decoding and scores it (``mtkernels.translate``).
+``translate`` translates a file with collaborative decoding and scores it (``mtkernels.translate``);
+``mumo`` builds a monolingual vocabulary, trains a MuMo head and generates with it (``mtkernels.mumo.cli``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import torch
 import mtkernels
 
 from . import translate as translate_cmd
+from .mumo import cli as mumo_cli
 
 # The bench modules (which import transformers) are imported by the commands that use them.
 
 JSON_NAME = "collab.json"
 KD_JSON_NAME = "kd.json"
 GENERATION_JSON_NAME = "generation.json"
+MUMO_GENERATION_JSON_NAME = "mumo_generation.json"
 PLOT_NAME = "collab_speedup_vs_vocab.png"
 
 
@@ -58,11 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-kd", dest="kd", action="store_false", help="skip the self-evolution KD loss")
     bench.add_argument("--no-generation", dest="generation", action="store_false",
                        help="skip end-to-end generation (CollabGenerator against a proxy-tuning loop)")
+    bench.add_argument("--no-mumo", dest="mumo", action="store_false",
+                       help="skip MuMo generation (MuMoGenerator against plain greedy decoding)")
     translate = commands.add_parser("translate", help="translate a file with collaborative decoding, score it",
                                     description="Translate a file with collaborative decoding (a large model "
                                                 "and small ones) and score it with SacreBLEU.")
     translate_cmd.add_arguments(translate)
     translate.error = lambda message: _one_line_error(translate.prog, message)
+    mumo = commands.add_parser("mumo", help="MuMo: build a monolingual vocabulary, train a head, generate with it")
+    mumo_cli.add_arguments(mumo)
     commands.add_parser("backends", help="which backends can run here, and why not")
     build = commands.add_parser("build", help="compile the C++ (and CUDA) kernels now instead of on first use")
     build.add_argument("--cuda-arch", default=None,
@@ -153,6 +162,8 @@ def bench(args: argparse.Namespace) -> int:
         _bench_kd(args)
     if args.generation:
         _bench_generation(args)
+    if args.mumo:
+        _bench_mumo_generation(args)
     return 0
 
 
@@ -191,6 +202,19 @@ def _bench_generation(args: argparse.Namespace) -> None:
     print(f"\nwrote {path}")
 
 
+def _bench_mumo_generation(args: argparse.Namespace) -> None:
+    """The trie forward against K separate forwards; MuMoGenerator against plain greedy decoding."""
+    from .bench import mumo_generation as mumo_bench
+
+    config = mumo_bench.QUICK if args.quick else mumo_bench.DEFAULT
+    print("\nMuMo generation (synthetic Japanese corpus, CPU): training a base model and a head", flush=True)
+    records = mumo_bench.run(config)
+    print(mumo_bench.format_table(records))
+    path = os.path.join(args.out, MUMO_GENERATION_JSON_NAME)
+    mumo_bench.write_json(path, records, config)
+    print(f"\nwrote {path}")
+
+
 def build(args: argparse.Namespace) -> int:
     """Compile (or with --dry-run describe) the CPU extension and, where asked or a GPU is visible, the CUDA one."""
     from . import jit
@@ -220,6 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "translate":
         return translate_cmd.run(args)
+    if args.command == "mumo":
+        return mumo_cli.run(args)
     if args.command == "backends":
         for name, state in mtkernels.backend_report().items():
             print(f"{name:<9} {state}")

@@ -29,6 +29,17 @@ def fused_backend(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared machine: one thread avoids oversubscription (much faster here) and
+    is immune to other processes competing for the cores. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_sessionstart(session):
     """Compile the CPU kernels once, before any test: tests that start fresh processes under a time
     limit then load them from the cache instead of racing to build them (the cold build itself is

@@ -14,6 +14,8 @@ from mtkernels.bench.proxy_tuning import argmax_combine, combined_logits, proxy_
 
 from .tiny_models import tiny_llama
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WEIGHTS = [1.0, 0.5, -0.5]
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], [20, 21, 22]]
 
@@ -24,13 +26,6 @@ def models():
     return [tiny_llama(100, 48, 3, 1), tiny_llama(100, 32, 2, 2), tiny_llama(104, 32, 2, 3)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _left_padded(prompts, pad=0):

@@ -67,3 +67,12 @@ def test_bench_quick_writes_checked_results(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert proc.stdout.count(f"/{len(records)}]") == len(records)  # one progress line per case
     assert "x eager" in proc.stdout and "% floor" in proc.stdout
+
+    mumo = json.loads((tmp_path / "mumo_generation.json").read_text(encoding="utf-8"))["records"]
+    steps = {r["method"]: r for r in mumo if r["bench"] == "mumo_trie"}
+    assert steps["trie_forward"]["ms"] > 0 and steps["separate_forwards"]["ms"] > 0
+    runs = [r for r in mumo if r["bench"] == "mumo_generation"]
+    assert {r["method"] for r in runs} == {"plain_greedy", "mumo_generator"}
+    assert all(r["tokens_per_s"] > 0 for r in runs)
+    assert all(r["speedup_tokens_per_s"] > 0 for r in runs if r["method"] == "mumo_generator")
+    assert "MuMo generation" in proc.stdout

@@ -20,19 +20,14 @@ from mtkernels.generation.prompts import left_pad, translation_messages  # noqa:
 
 from .tiny_models import CORPUS, save_collab_models, train_tokenizer  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NAMES = ("large", "small_src", "small_tgt")
 TEXTS = ["今日は晴れです。", "Das Wetter ist heute schön. Ich bin mit dem Zug gefahren.", "猫が好きです。",
          "The weather is nice today."]
 EOS = 4  # <|eot_id|> of tiny_models' tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: one thread avoids oversubscription (30x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

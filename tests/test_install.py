@@ -59,11 +59,13 @@ def test_import_and_available_backends_compile_nothing(tmp_path):
 
 def test_generation_is_imported_on_first_access(tmp_path):
     """``import mtkernels`` (and the ``mtkernels`` command's module) import neither transformers nor
-    ``mtkernels.generation``; the attribute imports the subpackage on first access."""
+    ``mtkernels.generation`` nor MuMo's generator; the attributes import them on first access."""
     pytest.importorskip("transformers")
     _run("import sys, mtkernels, mtkernels.cli\n"
          "assert 'transformers' not in sys.modules and 'mtkernels.generation' not in sys.modules\n"
+         "assert 'mtkernels.mumo.generator' not in sys.modules\n"
          "gen = mtkernels.generation\n"
+         "assert mtkernels.mumo.MuMoGenerator.__name__ == 'MuMoGenerator'\n"
          "assert gen.CollabGenerator.__name__ == 'CollabGenerator'\n"
          "try:\n    mtkernels.no_such_attribute\nexcept AttributeError as e:\n    assert 'no_such_attribute' in str(e)\n"
          "else:\n    raise AssertionError('no AttributeError')\n", _env(tmp_path / "cache"))

@@ -48,6 +48,13 @@ def _forward_parameters(cls) -> frozenset:
         return frozenset()
 
 
+def cache_keyword(cls) -> str:
+    """The keyword a model class's forward takes its KV cache by: ``cache`` in recent
+    transformers, ``past_key_values`` before."""
+    params = _forward_parameters(cls)
+    return "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
+
+
 def new_cache(model):
     """An empty cache for ``model``: transformers' DynamicCache (with the model's config, so
     sliding-window layers get sliding layers)."""
@@ -94,8 +101,7 @@ class ModelSet:
         self.devices = [model_device(m) for m in self.models]
         self.output_device = torch.device(output_device) if output_device is not None else self.devices[0]
         params = [_forward_parameters(type(m)) for m in self.models]
-        self._cache_keyword = ["cache" if "cache" in p or "past_key_values" not in p else "past_key_values"
-                               for p in params]
+        self._cache_keyword = [cache_keyword(type(m)) for m in self.models]
         self._logits_to_keep = ["logits_to_keep" in p for p in params]
         first = self.devices[0]
         # side streams only where they can overlap: models on the first model's GPU

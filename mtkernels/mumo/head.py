@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -76,7 +77,9 @@ class MuMoHead(nn.Module):
         self.hidden_size = int(d)
         self.ffn_size = int(ffn_size) if ffn_size is not None else max(1, d // 4)
         self.ffn = SwiGLUBlock(d, self.ffn_size, dtype=w.dtype, device=w.device)
-        self.mono = nn.Linear(d, len(vocab), bias=False, dtype=w.dtype, device=w.device)
+        with warnings.catch_warnings():  # an empty vocabulary (plain decoding) makes a (0, d) layer
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            self.mono = nn.Linear(d, len(vocab), bias=False, dtype=w.dtype, device=w.device)
         for ids in vocab.base_ids:
             if max(ids) >= v_multi:
                 raise ValueError(f"vocab: base id {max(ids)} is outside the base head's {v_multi} rows")
