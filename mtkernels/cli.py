@@ -10,8 +10,9 @@
 PyTorch chains they replace, prints one line per case as it runs and then a table, and writes
 ``DIR/collab.json`` and ``DIR/collab_speedup_vs_vocab.png`` (default DIR: ``bench-results``); then
 the self-evolution KD loss (``DIR/kd.json``) and end-to-end generation, ``CollabGenerator`` against
-a proxy-tuning loop of Hugging Face forwards and warpers (``DIR/generation.json``), and MuMo
-generation against plain greedy decoding on a synthetic Japanese corpus (``DIR/mumo_generation.json``).
+a proxy-tuning loop of Hugging Face forwards and warpers (``DIR/generation.json``), the MuMo ops
+beside their eager chains (``DIR/mumo.json``), and MuMo generation against plain greedy decoding on
+a synthetic Japanese corpus (``DIR/mumo_generation.json``).
 
 ``translate`` translates a file with collaborative decoding and scores it (``mtkernels.translate``);
 ``mumo`` builds a monolingual vocabulary, trains a MuMo head and generates with it (``mtkernels.mumo.cli``).
@@ -40,6 +41,7 @@ from .mumo import cli as mumo_cli
 JSON_NAME = "collab.json"
 KD_JSON_NAME = "kd.json"
 GENERATION_JSON_NAME = "generation.json"
+MUMO_JSON_NAME = "mumo.json"
 MUMO_GENERATION_JSON_NAME = "mumo_generation.json"
 PLOT_NAME = "collab_speedup_vs_vocab.png"
 
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-generation", dest="generation", action="store_false",
                        help="skip end-to-end generation (CollabGenerator against a proxy-tuning loop)")
     bench.add_argument("--no-mumo", dest="mumo", action="store_false",
-                       help="skip MuMo generation (MuMoGenerator against plain greedy decoding)")
+                       help="skip the MuMo ops and MuMo generation (MuMoGenerator against plain greedy decoding)")
     translate = commands.add_parser("translate", help="translate a file with collaborative decoding, score it",
                                     description="Translate a file with collaborative decoding (a large model "
                                                 "and small ones) and score it with SacreBLEU.")
@@ -163,6 +165,7 @@ def bench(args: argparse.Namespace) -> int:
     if args.generation:
         _bench_generation(args)
     if args.mumo:
+        _bench_mumo_kernels(args)
         _bench_mumo_generation(args)
     return 0
 
@@ -199,6 +202,30 @@ def _bench_generation(args: argparse.Namespace) -> None:
     print(gen_bench.format_table(records))
     path = os.path.join(args.out, GENERATION_JSON_NAME)
     gen_bench.write_json(path, records, config)
+    print(f"\nwrote {path}")
+
+
+def _bench_mumo_kernels(args: argparse.Namespace) -> None:
+    """The MuMo ops beside their eager chains and floors: verification from logits and from hidden
+    states, the head's top-k and its cross-entropy (forward + backward)."""
+    from .bench import kd as kd_bench
+    from .bench import measure, mumo_head, mumo_verify
+
+    devices = kd_bench.devices()
+    timing = measure.QUICK_TIMING if args.quick else measure.Timing()
+    print(f"\nMuMo ops on {' and '.join(devices)} tensors", flush=True)
+    if args.quick:
+        verify = mumo_verify.run([(2, 10, 4, 8000)], [(2, 10, 4, 64, 8000)], timing, devices)
+        head = mumo_head.run([(4, 64, 8000, 2000)], [(128, 64, 8000, 2000)], timing, devices)
+    else:
+        verify = mumo_verify.run(timing=timing, devices=devices)
+        head = mumo_head.run(timing=timing, devices=devices)
+    print(mumo_verify.format_table(verify))
+    print()
+    print(mumo_head.format_table(head))
+    path = os.path.join(args.out, MUMO_JSON_NAME)
+    with open(path, "w") as f:
+        json.dump({"verify": verify, "head": head}, f, indent=1, default=str)
     print(f"\nwrote {path}")
 
 

@@ -68,6 +68,14 @@ def test_bench_quick_writes_checked_results(tmp_path):
     assert proc.stdout.count(f"/{len(records)}]") == len(records)  # one progress line per case
     assert "x eager" in proc.stdout and "% floor" in proc.stdout
 
+    ops = json.loads((tmp_path / "mumo.json").read_text())
+    assert {r["op"] for r in ops["verify"]} == {"mumo_verify_logits", "mumo_verify_fused"}
+    assert {r["op"] for r in ops["head"]} == {"mumo_head_topk", "mumo_head_ce_fwd_bwd"}
+    assert all(r["time_ms"] > 0 for r in ops["verify"] + ops["head"])
+    if "cpu" in mtkernels.available_backends():
+        assert any(r["case"] == "fused-cpu" for r in ops["verify"]) and any(
+            r["case"] == "fused-cpu" for r in ops["head"])
+
     mumo = json.loads((tmp_path / "mumo_generation.json").read_text(encoding="utf-8"))["records"]
     steps = {r["method"]: r for r in mumo if r["bench"] == "mumo_trie"}
     assert steps["trie_forward"]["ms"] > 0 and steps["separate_forwards"]["ms"] > 0
