@@ -24,7 +24,8 @@ import torch
 import mtkernels
 from mtkernels import backends
 
-from .measure import Timing, median_time_ms, peak_memory_mb
+from .case_table import add_ratios, format_case_table, timed_record
+from .measure import Timing
 
 Shape = Tuple[int, int, int]  # (N, H, V)
 DEFAULT_SHAPES: List[Shape] = [(512, 256, 32000)]
@@ -177,13 +178,6 @@ def cases(device="cpu") -> Dict[str, Callable[[], Callable]]:
     return {name: (lambda name=name: make_case(name, device)) for name in case_names(device)}
 
 
-def _ratios(group: List[Dict]) -> None:
-    by_case = {r["case"]: r["time_ms"] for r in group}
-    for r in group:
-        r["x_eager"] = by_case["eager"] / r["time_ms"] if "eager" in by_case else None
-        r["x_floor"] = r["time_ms"] / by_case["gemm-floor"] if "gemm-floor" in by_case else None
-
-
 def run(shapes=DEFAULT_SHAPES, timing: Timing = Timing(), devices: Sequence[str] = ("cpu",),
         dtype: torch.dtype = torch.float32) -> List[Dict]:
     """One record per (shape, device, case) that can run here: time, peak memory above the inputs,
@@ -199,25 +193,11 @@ def run(shapes=DEFAULT_SHAPES, timing: Timing = Timing(), devices: Sequence[str]
                     fn = make_case(name, device)
                 except Unavailable:
                     continue
-                call = lambda fn=fn: fn(*args)  # noqa: E731
-                group.append(dict(op=OP, shape=shape, device=device.type, dtype=str(dtype).replace("torch.", ""),
-                                  case=name, time_ms=median_time_ms(call, device, timing),
-                                  peak_mb=peak_memory_mb(call, device)))
-            _ratios(group)
+                group.append(timed_record(OP, shape, device, dtype, name, lambda fn=fn: fn(*args), timing))
+            add_ratios(group)
             records += group
     return records
 
 
-def _num(value: Optional[float], fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def format_table(records: List[Dict]) -> str:
-    head = (f"{'op':<22}{'(N, H, V)':<22}{'device':<8}{'case':<20}{'time ms':>10}{'x eager':>9}{'/ floor':>9}"
-            f"{'peak MB':>10}")
-    lines = [head, "-" * len(head)]
-    for r in records:
-        lines.append(f"{r['op']:<22}{str(tuple(r['shape'])):<22}{r.get('device', 'cpu'):<8}{r['case']:<20}"
-                     f"{r['time_ms']:>10.1f}{_num(r['x_eager'], '.2f'):>9}{_num(r['x_floor'], '.2f'):>9}"
-                     f"{r['peak_mb']:>10.1f}")
-    return "\n".join(lines)
+    return format_case_table(records, "(N, H, V)", case_width=20)

@@ -18,15 +18,16 @@ A case that cannot run here raises ``Unavailable`` with the reason, from ``make_
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
 import mtkernels
 from mtkernels import backends
 
-from .kd import DEVICES, FUSED_CANDIDATES, Unavailable, cuda_missing_reason
-from .measure import Timing, median_time_ms, peak_memory_mb
+from .case_table import add_ratios, format_case_table, timed_record
+from .kd import FUSED_CANDIDATES, Unavailable, cuda_missing_reason
+from .measure import Timing
 
 Shape = Tuple[int, int, int, int]  # (N, H, V_multi, V_mono)
 TOPK_SHAPES: List[Shape] = [(16, 1024, 128256, 30000)]
@@ -139,13 +140,6 @@ def make_case(op: str, name: str, device="cpu") -> Callable:
     raise ValueError(f"unknown MuMo head case {name!r}; one of {', '.join(case_names(device))}")
 
 
-def _ratios(group: List[Dict]) -> None:
-    by_case = {r["case"]: r["time_ms"] for r in group}
-    for r in group:
-        r["x_eager"] = by_case["eager"] / r["time_ms"] if "eager" in by_case else None
-        r["x_floor"] = r["time_ms"] / by_case["gemm-floor"] if "gemm-floor" in by_case else None
-
-
 def run(topk_shapes=TOPK_SHAPES, ce_shapes=CE_SHAPES, timing: Timing = Timing(), devices: Sequence[str] = ("cpu",),
         dtype: torch.dtype = torch.float32) -> List[Dict]:
     """One record per (op, shape, device, case) that can run here: time, peak memory above the
@@ -162,25 +156,11 @@ def run(topk_shapes=TOPK_SHAPES, ce_shapes=CE_SHAPES, timing: Timing = Timing(),
                         fn = make_case(op, name, device)
                     except Unavailable:
                         continue
-                    call = lambda fn=fn: fn(*args)  # noqa: E731
-                    group.append(dict(op=op, shape=shape, device=device.type, dtype=str(dtype).replace("torch.", ""),
-                                      case=name, time_ms=median_time_ms(call, device, timing),
-                                      peak_mb=peak_memory_mb(call, device)))
-                _ratios(group)
+                    group.append(timed_record(op, shape, device, dtype, name, lambda fn=fn: fn(*args), timing))
+                add_ratios(group)
                 records += group
     return records
 
 
-def _num(value: Optional[float], fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def format_table(records: List[Dict]) -> str:
-    head = (f"{'op':<22}{'(N, H, V_multi, V_mono)':<28}{'device':<8}{'case':<14}{'time ms':>10}{'x eager':>9}"
-            f"{'/ floor':>9}{'peak MB':>10}")
-    lines = [head, "-" * len(head)]
-    for r in records:
-        lines.append(f"{r['op']:<22}{str(tuple(r['shape'])):<28}{r.get('device', 'cpu'):<8}{r['case']:<14}"
-                     f"{r['time_ms']:>10.1f}{_num(r['x_eager'], '.2f'):>9}{_num(r['x_floor'], '.2f'):>9}"
-                     f"{r['peak_mb']:>10.1f}")
-    return "\n".join(lines)
+    return format_case_table(records, "(N, H, V_multi, V_mono)", shape_width=28)

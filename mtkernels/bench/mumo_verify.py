@@ -16,9 +16,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 import mtkernels
-from mtkernels import backends
 
-from .measure import Timing, median_time_ms, peak_memory_mb
+from .case_table import add_ratios, format_case_table, runnable_backends, timed_record
+from .measure import Timing
 
 LogitsShape = Tuple[int, int, int, int]  # (B, K, L, V)
 FusedShape = Tuple[int, int, int, int, int]  # (B, K, L, H, V)
@@ -55,15 +55,7 @@ def eager_scores(logits, ids, lengths):
 
 
 def fused_backends(device) -> List[str]:
-    device = torch.device(device)
-    out = []
-    for name in FUSED_CANDIDATES.get(device.type, ()):
-        try:
-            backends.resolve_backend(name, device, "mumo_verify")
-        except (RuntimeError, ValueError, NotImplementedError):
-            continue
-        out.append(name)
-    return out
+    return runnable_backends(device, "mumo_verify", FUSED_CANDIDATES.get(torch.device(device).type, ()))
 
 
 def logits_cases(device="cpu") -> Dict[str, Callable]:
@@ -83,16 +75,10 @@ def fused_cases(device="cpu") -> Dict[str, Callable]:
 
 
 def _group(op, shape, device, dtype, cases, args, timing, floor, avoided_mb):
-    group = []
-    for name, fn in cases.items():
-        call = lambda fn=fn: fn(*args)  # noqa: E731
-        group.append(dict(op=op, shape=tuple(shape), device=torch.device(device).type,
-                          dtype=str(dtype).replace("torch.", ""), case=name,
-                          time_ms=median_time_ms(call, device, timing), peak_mb=peak_memory_mb(call, device)))
-    times = {r["case"]: r["time_ms"] for r in group}
+    group = [timed_record(op, shape, device, dtype, name, lambda fn=fn: fn(*args), timing)
+             for name, fn in cases.items()]
+    add_ratios(group, floor)
     for r in group:
-        r["x_eager"] = times["eager"] / r["time_ms"]
-        r["x_floor"] = r["time_ms"] / times[floor]
         r["peak_pct_of_logits"] = 100 * r["peak_mb"] / avoided_mb
     return group
 
@@ -117,13 +103,7 @@ def run(logits_shapes: Sequence[LogitsShape] = LOGITS_SHAPES, fused_shapes: Sequ
 
 
 def format_table(records: List[Dict]) -> str:
-    head = (f"{'op':<20}{'shape':<30}{'device':<8}{'case':<14}{'time ms':>10}{'x eager':>9}{'/ floor':>9}"
-            f"{'peak MB':>10}{'% logits':>10}")
-    lines = [head, "-" * len(head)]
-    for r in records:
-        lines.append(f"{r['op']:<20}{str(r['shape']):<30}{r['device']:<8}{r['case']:<14}{r['time_ms']:>10.1f}"
-                     f"{r['x_eager']:>9.2f}{r['x_floor']:>9.2f}{r['peak_mb']:>10.2f}{r['peak_pct_of_logits']:>10.2f}")
-    return "\n".join(lines)
+    return format_case_table(records, "shape", shape_width=30, extra=[("% logits", "peak_pct_of_logits", ".2f")])
 
 
 if __name__ == "__main__":
