@@ -160,6 +160,31 @@ def test_rows_built_on_cpu(monkeypatch):
         assert wrong["median_ms"] is None
 
 
+def test_mumo_rows_built_on_cpu(monkeypatch):
+    """The MuMo rows at the quick shapes on CPU tensors: every fused CPU result checked against eager,
+    one baseline per op, floors marked; a fused result that disagrees is a failed row."""
+    monkeypatch.setattr(measure, "cuda_time_ms",
+                        lambda fn, device="cuda", warmup_ms=25, rep_ms=100: measure.median_time_ms(
+                            fn, "cpu", measure.Timing(warmup=1, min_runs=2, max_runs=3, budget_s=0.05)))
+    rows = gt.mumo_rows(True, torch.bfloat16, torch.device("cpu"), rep_ms=10)
+    gt.finalize(rows, peak_tb_s=None)
+    ops = ["mumo verify logits", "mumo verify fused", "mumo head topk", "mumo head ce fwd bwd"]
+    assert sorted({r["op"] for r in rows}, key=ops.index) == ops
+    for op in ops:
+        mine = [r for r in rows if r["op"] == op]
+        assert [r["status"] for r in mine if r["baseline"]] == ["ok"], op
+        assert sum(r["note"] == "floor" for r in mine) == 1, op
+        if "cpu" in mtkernels.available_backends():
+            fused = [r for r in mine if r["implementation"] == "fused cpu"]
+            assert fused and fused[0]["status"] == "ok" and fused[0]["check"]["passed"], fused
+    assert all(r["status"] == "ok" or r["status"].startswith("skipped: ") for r in rows), rows
+    if "cpu" in mtkernels.available_backends():
+        monkeypatch.setattr(gt, "MUMO_RTOL", -1.0)
+        wrong = [r for r in gt.mumo_rows(True, torch.bfloat16, torch.device("cpu"), rep_ms=10)
+                 if r["implementation"] == "fused cpu"]
+        assert wrong and all(r["status"].startswith("failed: check:") for r in wrong)
+
+
 def test_gpu_timer_asks_do_bench_for_its_median(monkeypatch):
     triton_testing = pytest.importorskip("triton.testing")
     calls = []

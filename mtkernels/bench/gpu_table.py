@@ -15,7 +15,11 @@ Rows, on CUDA tensors, for each shape:
 - ``collab_logits``: each fused GPU backend and the eager weighted sum (the baseline);
 - the self-evolution KD loss (mode ``forward_kd``), forward + backward: each fused GPU backend,
   eager PyTorch (the baseline), Liger-Kernel's ``LigerFusedLinearJSDLoss`` when liger-kernel is
-  installed, and the GEMM floor.
+  installed, and the GEMM floor;
+- the MuMo ops (bf16): verification scores from logits (beside the eager log-softmax chain and a
+  read-once floor) and fused from hidden states (beside ``hidden @ W.T`` + eager and the GEMM), the
+  head's top-k (beside ``cat + softmax + topk`` and the two GEMMs) and its cross-entropy forward +
+  backward (beside eager concatenated CE and the GEMMs).
 
 Every fused result and baseline is checked before it is timed, as in ``mtkernels bench``
 (``mtkernels.bench.collab``; fused KD losses against the eager loss); a case whose check fails, or that raises, is a ``failed: ...`` row,
@@ -432,6 +436,70 @@ def kd_rows(shape, dtype: torch.dtype, device: torch.device, rep_ms: float) -> L
     return rows
 
 
+MUMO_RTOL = 2e-2  # fused vs eager, both from bf16 inputs (the eager chains upcast at different points)
+
+
+def _first_float(out) -> torch.Tensor:
+    """The output a MuMo case is checked by: scores, top-k probabilities, or the loss."""
+    if isinstance(out, tuple):
+        out = out[0] if not hasattr(out, "values") else out.values
+    return out.detach().float()
+
+
+def _mumo_check(out, expected: torch.Tensor) -> Dict:
+    from . import checks
+
+    got = _first_float(out)
+    if got.shape != expected.shape:
+        raise checks.CheckFailed(f"shape {tuple(got.shape)}, eager {tuple(expected.shape)}")
+    err = (got - expected).abs()
+    if not bool((err <= MUMO_RTOL * (1 + expected.abs())).all()):  # NaN fails too
+        raise checks.CheckFailed(f"max |fused - eager| {err.max().item():.3g} (rtol = atol = {MUMO_RTOL})")
+    return {"check": {"against": "eager chain", "passed": True}}
+
+
+def mumo_rows(quick: bool, dtype: torch.dtype, device: torch.device, rep_ms: float) -> List[Dict]:
+    """The MuMo ops: verification from logits and from hidden states, the head's top-k and its
+    cross-entropy (forward + backward), each fused GPU backend beside its eager chain and floor;
+    fused results are checked against eager before they are timed."""
+    from . import mumo_head, mumo_verify
+
+    dt = _DTYPE_NAMES.get(dtype, str(dtype))
+    logits_shape, fused_shape = ((2, 10, 4, 8000), (2, 10, 4, 64, 8000)) if quick else \
+        ((8, 10, 4, 128256), (8, 10, 4, 4096, 128256))
+    head_shape, ce_shape = ((4, 64, 8000, 2000), (256, 64, 8000, 2000)) if quick else \
+        ((16, 4096, 128256, 30000), (4096, 2048, 128256, 30000))
+    groups = [
+        ("mumo verify logits", f"B,K,L,V={logits_shape} {dt}", mumo_verify.logits_inputs(logits_shape, device, dtype),
+         mumo_verify.logits_cases(device), "read-floor"),
+        ("mumo verify fused", f"B,K,L,H,V={fused_shape} {dt}", mumo_verify.fused_inputs(fused_shape, device, dtype),
+         mumo_verify.fused_cases(device), "gemm-floor"),
+    ]
+    for op, shape in (("mumo_head_topk", head_shape), ("mumo_head_ce_fwd_bwd", ce_shape)):
+        cases = {}
+        for name in mumo_head.case_names(device):
+            try:
+                cases[name] = mumo_head.make_case(op, name, device)
+            except mumo_head.Unavailable:
+                continue
+        groups.append((op.replace("_", " "), f"N,H,Vm,Vw={shape} {dt}", mumo_head.make_inputs(shape, device, dtype),
+                       cases, "gemm-floor"))
+    rows = []
+    for op, label, args, cases, floor in groups:
+        expected = _first_float(cases["eager"](*args))
+        for name, fn in cases.items():
+            def build(fn=fn, name=name):
+                out = fn(*args)  # compiles what compiles on first use, outside the timed calls
+                extra = _mumo_check(out, expected) if name.startswith("fused-") else {}
+                return (lambda: fn(*args)), extra
+
+            rows.append(measure_row(op, label, name.replace("fused-", "fused "), build, device, rep_ms,
+                                    baseline=name == "eager", note="floor" if name == floor else ""))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 def shapes(quick: bool):
@@ -456,7 +524,8 @@ def _versions() -> Dict[str, Optional[str]]:
             "mtkernels": mtkernels.__version__, "python": platform.python_version()}
 
 
-def build_table(quick: bool = False, compile: bool = True, kd: bool = True) -> Tuple[List[Dict], Dict]:
+def build_table(quick: bool = False, compile: bool = True, kd: bool = True, mumo: bool = True
+                ) -> Tuple[List[Dict], Dict]:
     """Time every row on the current CUDA device: ``(rows, meta)``."""
     import mtkernels
 
@@ -474,6 +543,8 @@ def build_table(quick: bool = False, compile: bool = True, kd: bool = True) -> T
     if kd:
         for shape in kd_shapes:
             rows += kd_rows(shape, kd_dtype, device, rep_ms=300)
+    if mumo:
+        rows += mumo_rows(quick, torch.bfloat16, device, rep_ms=100)
     finalize(rows, peak)
     meta = dict(device=name, capability=".".join(map(str, torch.cuda.get_device_capability(device))),
                 peak_bandwidth_tb_s=peak, timer=GPU_TIMER, **_versions(),
@@ -491,13 +562,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes (checks the table end to end)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile row")
     parser.add_argument("--no-kd", dest="kd", action="store_false", help="skip the KD loss rows")
+    parser.add_argument("--no-mumo", dest="mumo", action="store_false", help="skip the MuMo rows")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         why = (f"torch {torch.__version__} is not a CUDA build" if torch.version.cuda is None
                else "torch.cuda.is_available() is False")
         print(f"{NO_CUDA_LINE} ({why})", flush=True)
         return 0
-    rows, meta = build_table(args.quick, args.compile, args.kd)
+    rows, meta = build_table(args.quick, args.compile, args.kd, args.mumo)
     json_path, md_path = write_table(args.out, rows, meta)
     print()
     print(format_markdown(rows, meta))
