@@ -1,6 +1,6 @@
 """The ranks of tests/test_kd_engines_deepspeed.py: the students of tests/kd_engines_hf_worker.py trained under
-DeepSpeed ZeRO-3 (CPU accelerator, gloo) by ``deepspeed.initialize`` and the KD trainer's ``compute_loss``, the
-teacher partitioned too, against the same steps in one process on the whole batches."""
+DeepSpeed ZeRO-3 (CPU accelerator, gloo) by ``deepspeed.initialize`` and the KD trainer's ``compute_loss`` (the
+teacher partitioned too), and by ``SelfEvolutionKDTrainer.train()`` with a ZeRO-3 config, against the same steps in one process on the whole batches."""
 
 from __future__ import annotations
 
@@ -49,7 +49,23 @@ def case_zero3(kind, want, out_dir):
     hf._check(losses, trained, want, kind)
 
 
-CASES = {f"zero3-{kind}": kind for kind in hf.STUDENTS}
+def case_trainer_zero3(kind, want, out_dir):
+    """``Trainer.train()`` with a ZeRO-3 ``deepspeed`` config: accelerate builds the engine."""
+    import deepspeed
+
+    model = hf.student(kind)
+    config = {**ZERO3, "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+              "gradient_clipping": "auto"}
+    trainer = hf._trainer(model, out_dir, deepspeed=config)
+    trainer.train()
+    assert isinstance(trainer.model_wrapped, deepspeed.DeepSpeedEngine), type(trainer.model_wrapped)
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        trained = hf.trainable(model)
+    hf._check(trainer.losses, trained, want, kind)
+
+
+CASES = {**{f"zero3_loop-{kind}": (case_zero3, kind) for kind in hf.STUDENTS},
+         **{f"trainer_zero3-{kind}": (case_trainer_zero3, kind) for kind in ("whole", "lora_lm_head")}}
 
 
 def worker(rank, store_path, out_dir):
@@ -60,9 +76,9 @@ def worker(rank, store_path, out_dir):
     results = {}
     try:
         wants = {kind: hf.one_process(kind) for kind in hf.STUDENTS}
-        for name, kind in CASES.items():
+        for name, (fn, kind) in CASES.items():
             try:
-                case_zero3(kind, wants[kind], os.path.join(out_dir, name))
+                fn(kind, wants[kind], os.path.join(out_dir, name))
                 results[name] = None
             except Exception:
                 results[name] = traceback.format_exc()

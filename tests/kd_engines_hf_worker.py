@@ -19,7 +19,7 @@ from mtkernels.integrations.hf import SelfEvolutionKDTrainer, final_hidden_state
 
 WORLD_SIZE = 2
 VOCAB, SEQ, PER_RANK, STEPS, LR = 67, 10, 3, 3, 0.5  # a vocabulary no chunk or block size divides
-KD = dict(kd_mode="self_evolution", kd_gamma=0.6, kd_chunk_size=7)
+KD = dict(kd_mode="self_evolution", kd_gamma=2.0, kd_chunk_size=7)  # Γ: some rows hard, some not
 STUDENTS = ("whole", "lora", "lora_lm_head")
 
 
@@ -115,12 +115,12 @@ class RecordingKDTrainer(SelfEvolutionKDTrainer):
 
 
 def _trainer(model, out_dir, **kwargs):
-    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=PER_RANK, max_steps=STEPS, optim="sgd",
+    args = dict(output_dir=out_dir, per_device_train_batch_size=PER_RANK, max_steps=STEPS, optim="sgd",
                              learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0,
                              report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, ddp_backend="gloo",
                              logging_steps=1, dataloader_num_workers=0)
-    return RecordingKDTrainer(model=model, teacher_model=teacher(), args=args, train_dataset=dataset(), **KD,
-                              **kwargs)
+    return RecordingKDTrainer(model=model, teacher_model=teacher(), args=TrainingArguments(**{**args, **kwargs}),
+                              train_dataset=dataset(), **KD)
 
 
 def _check(losses, params, want, kind):

@@ -1,6 +1,7 @@
 """``SelfEvolutionKDTrainer``'s loss under DeepSpeed ZeRO-3 on two CPU processes (DeepSpeed's CPU accelerator,
-gloo): whole and PEFT LoRA students (with and without an lm_head adapter), every parameter partitioned, the
-teacher partitioned too; the losses and final parameters of one process on the whole batches
+gloo): whole and PEFT LoRA students (with and without an lm_head adapter), every parameter partitioned, in a
+``deepspeed.initialize`` loop calling the trainer's ``compute_loss`` (the teacher partitioned too) and in
+``Trainer.train()`` with a ZeRO-3 config; the losses and final parameters of one process on the whole batches
 (tests/kd_engines_deepspeed_worker.py). Skipped where DeepSpeed is not installed."""
 
 import importlib.util
