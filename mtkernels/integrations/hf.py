@@ -12,10 +12,11 @@ Requires ``transformers`` (and ``accelerate``, which its Trainer needs).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from accelerate.utils import extract_model_from_parallel
@@ -71,7 +72,7 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
 
 # --- running a causal LM to its final hidden states --------------------------------------------------
 
-def _call_catching_hidden(call: torch.nn.Module, decoder: torch.nn.Module, inputs: Dict[str, Any]
+def _call_catching_hidden(call: Callable[..., Any], decoder: torch.nn.Module, inputs: Dict[str, Any]
                           ) -> Tuple[Tensor, Any]:
     """``call(**inputs)``, with the output of ``decoder`` (somewhere inside it) caught by a forward hook."""
     caught = []
@@ -81,12 +82,14 @@ def _call_catching_hidden(call: torch.nn.Module, decoder: torch.nn.Module, input
     finally:
         handle.remove()
     if not caught:
-        raise RuntimeError(f"{type(call).__name__} did not run its base model {type(decoder).__name__}")
+        raise RuntimeError(f"{getattr(call, '__qualname__', type(call).__name__)} did not run its base model "
+                           f"{type(decoder).__name__}")
     return caught[-1], outputs
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: Dict[str, Any],
-                        wrapped: Optional[torch.nn.Module] = None) -> Tuple[Tensor, Any]:
+                        wrapped: Optional[torch.nn.Module] = None, *, bypass_hooks: bool = False
+                        ) -> Tuple[Tensor, Any]:
     """Run a causal LM to its final (normalised) hidden states without computing its logits.
 
     Args:
@@ -100,21 +103,23 @@ def final_hidden_states(model: torch.nn.Module, inputs: Dict[str, Any],
         model's output is caught by a forward hook. When the innermost ``*ForCausalLM`` takes
         ``logits_to_keep``, no position is kept and ``outputs.logits`` is ``(B, 0, V)``; otherwise the full
         logits are computed (and a warning says so), unless nothing wraps the model, whose base model is then
-        called directly and ``outputs`` is its output.
+        called directly and ``outputs`` is its output. ``bypass_hooks=True`` calls ``forward`` itself, without
+        the module's own hooks (used inside an FSDP2 forward method of that module, whose hooks already ran).
     """
     call = model if wrapped is None else wrapped
     causal_lm = _causal_lm(call)
     decoder = _decoder(causal_lm)
     inputs = {**inputs, "use_cache": False}
+    run = call.forward if bypass_hooks else call
     if "logits_to_keep" in inspect.signature(causal_lm.forward).parameters:
         keep_none = torch.empty(0, dtype=torch.long, device=next(causal_lm.parameters()).device)
-        return _call_catching_hidden(call, decoder, {**inputs, "logits_to_keep": keep_none})
+        return _call_catching_hidden(run, decoder, {**inputs, "logits_to_keep": keep_none})
     if call is causal_lm:
         outputs = decoder(**inputs)
         return outputs[0], outputs
     warnings.warn(f"{type(causal_lm).__name__}.forward takes no `logits_to_keep`: the wrapped forward computes "
                   "its full (B, T, V) logits, which the KD loss does not use", stacklevel=2)
-    return _call_catching_hidden(call, decoder, inputs)
+    return _call_catching_hidden(run, decoder, inputs)
 
 
 # --- the output head (lm_head) as the forward applies it ---------------------------------------------
@@ -179,6 +184,66 @@ def output_head(model: torch.nn.Module) -> Tuple[Tensor, Optional[Tensor]]:
     return head.weight, getattr(head, "bias", None)
 
 
+# --- engines that shard the lm_head weight outside the forward: FSDP2, DeepSpeed ZeRO-3 ----------------
+
+_FSDP_METHOD = "_mtkernels_kd_forward"
+
+
+def _fsdp2_root(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The ``fully_shard`` (FSDP2) module the Trainer hands over (possibly under ``torch.compile``), else None."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return None
+    for candidate in (model, extract_model_from_parallel(model, keep_torch_compile=False)):
+        if isinstance(candidate, FSDPModule):
+            return candidate
+    return None
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def _in_fsdp_forward(root: torch.nn.Module, fn: Callable[[], Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
+    """``fn()`` inside a forward method of the FSDP2 ``root``: its parameters (lm_head with them) are all-gathered
+    once for the call, and the output's backward reaches FSDP's reduce-scatter. ``fn`` returns tensors."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    if _FSDP_METHOD not in root.__dict__:
+        setattr(root, _FSDP_METHOD, _call)  # an instance attribute: called as _call(fn), whatever the class
+        register_fsdp_forward_method(root, _FSDP_METHOD)
+    return getattr(root, _FSDP_METHOD)(fn)
+
+
+def _zero3(module: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions ``module``'s parameters (they carry a ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def _as_module_forward(module: torch.nn.Module, fn: Callable[[], Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
+    """``fn()`` run as ``module``'s forward, for ZeRO-3: its hooks gather the module's parameters (all of them:
+    the module is flagged a ZeRO-3 leaf, so a LoRA head's base layer and adapters come too) before ``fn`` and,
+    through the output's backward hook, again before the gradient reaches them, where the engine reduces it."""
+    module._z3_leaf = True
+    module.forward = lambda: fn()  # instance attribute: shadows the class's forward for this call
+    try:
+        return module()
+    finally:
+        del module.forward
+
+
+def _gathered(*modules: torch.nn.Module):
+    """A context in which ZeRO-3-partitioned parameters of ``modules`` (the frozen teacher's lm_head: only read
+    in the forward, since the loss's gradients are complete when it ends) are whole; otherwise nothing."""
+    params = [p for m in modules for p in m.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 # --- Trainer -------------------------------------------------------------------------------------
 
 def _warn_if_vocabularies_differ(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
@@ -223,8 +288,13 @@ class SelfEvolutionKDMixin:
 
     The student's forward goes through the module the Trainer prepared (DDP, ``torch.compile``, PEFT), and its
     lm_head is applied as that forward would apply it, LoRA adapters included (see :func:`output_head`).
-    Not supported: ``DataParallel`` (several GPUs in one process; use DDP) and FSDP / DeepSpeed ZeRO-3, whose
-    lm_head weights are sharded outside the forward.
+    Engines: DDP as is. FSDP2 (``fully_shard``, e.g. accelerate's FSDP2 plugin): the student's forward and the
+    loss run in one forward method registered on the root FSDP module (``register_fsdp_forward_method``), so
+    the lm_head weight, which must belong to the root's FSDP unit (as with a transformer-layer wrap policy), is
+    all-gathered once per step and its gradient is reduce-scattered. DeepSpeed ZeRO-3: the loss runs as the
+    student lm_head's forward, so the engine gathers its weights and reduces their gradient; the teacher's
+    lm_head is gathered for the loss with ``deepspeed.zero.GatheredParameters``. Not supported:
+    ``DataParallel`` (several GPUs in one process; use DDP) and FSDP1.
     """
 
     def __init__(self, *args, teacher_model=None, kd_mode: str = "self_evolution", kd_lambda: float = 0.5,
@@ -273,27 +343,59 @@ class SelfEvolutionKDMixin:
         labels, shift_labels = inputs.pop("labels", None), inputs.pop("shift_labels", None)
         if labels is None and shift_labels is None:
             raise ValueError("SelfEvolutionKDMixin: batches need `labels` (B, T) for the KD loss")
+        caught = []
+
+        root = _fsdp2_root(model)
+
+        def student_loss():
+            # Inside the FSDP2 forward method the root's own hooks have run: a nested root forward would reshard
+            # lm_head (accelerate's reshard_after_forward) before the loss reads it, so call forward itself.
+            loss, stats, outputs = self._student_kd_loss(root or model, inputs, labels, shift_labels,
+                                                         num_items_in_batch, bypass_hooks=root is not None)
+            caught.append(outputs)
+            return (loss, *stats)
+
+        # FSDP2: the student's forward and the loss in one forward method of the root, where lm_head is whole.
+        loss, *stats = student_loss() if root is None else _in_fsdp_forward(root, student_loss)
+        if model.training:
+            self._record_stats(KDStats(*stats))
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # `num_items_in_batch` counts every process's tokens while DDP / FSDP average gradients: undo the
+            # average, as Trainer.compute_loss does.
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return (loss, caught[-1]) if return_outputs else loss
+
+    def _student_kd_loss(self, model, inputs, labels, shift_labels, num_items_in_batch, bypass_hooks=False):
+        """``(loss (), KDStats, student outputs)``: the student's forward, the teacher's, and the fused loss."""
         # `model` is what the Trainer prepared (DDP, compiled, PEFT): calling it keeps their forward semantics.
-        hidden_s, outputs = final_hidden_states(model, inputs)
+        hidden_s, outputs = final_hidden_states(model, inputs, bypass_hooks=bypass_hooks)
         hidden_t = self._teacher_hidden(inputs, hidden_s.device)
         if shift_labels is None:  # position t predicts token t + 1
             targets, hidden_s, hidden_t = labels[..., 1:], hidden_s[..., :-1, :], hidden_t[..., :-1, :]
         else:
             targets = shift_labels
-        weight_s, bias_s = output_head(model)
-        weight_t, bias_t = output_head(self.teacher_model)
-        loss, stats = self_evolution_kd_loss(
-            hidden_s.reshape(-1, hidden_s.shape[-1]), weight_s, hidden_t.reshape(-1, hidden_t.shape[-1]),
-            weight_t.to(hidden_s.device), targets.reshape(-1).to(hidden_s.device), student_bias=bias_s,
-            teacher_bias=None if bias_t is None else bias_t.to(hidden_s.device), ignore_index=IGNORE_INDEX,
-            reduction="mean", num_items_in_batch=num_items_in_batch, return_stats=True, **self.kd_options)
-        if model.training:
-            self._record_stats(stats)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # `num_items_in_batch` counts every process's tokens while DDP averages gradients: undo the average,
-            # as Trainer.compute_loss does.
-            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        return (loss, outputs) if return_outputs else loss
+        device = hidden_s.device
+
+        def fused_loss():
+            weight_s, bias_s = output_head(model)
+            weight_t, bias_t = output_head(self.teacher_model)
+            for name, weight in (("student", weight_s), ("teacher", weight_t)):
+                if weight.numel() == 0:
+                    raise RuntimeError(f"the {name}'s lm_head weight is empty (a ZeRO-3 partition read outside its "
+                                       "gathering): the KD loss needs it whole")
+            loss, stats = self_evolution_kd_loss(
+                hidden_s.reshape(-1, hidden_s.shape[-1]), weight_s, hidden_t.reshape(-1, hidden_t.shape[-1]),
+                weight_t.to(device), targets.reshape(-1).to(device), student_bias=bias_s,
+                teacher_bias=None if bias_t is None else bias_t.to(device), ignore_index=IGNORE_INDEX,
+                reduction="mean", num_items_in_batch=num_items_in_batch, return_stats=True, **self.kd_options)
+            return (loss, *stats)
+
+        student_head = _output_embeddings(model)
+        with _gathered(_output_embeddings(self.teacher_model)):
+            # ZeRO-3: the loss is the student lm_head's forward, so the engine gathers its weights and reduces
+            # their gradient; the teacher's lm_head is gathered for the forward (its only use).
+            loss, *stats = _as_module_forward(student_head, fused_loss) if _zero3(student_head) else fused_loss()
+        return loss, KDStats(*stats), outputs
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """The Trainer's evaluation step, warning (once) when it is asked for predictions, which are empty."""
