@@ -1,5 +1,5 @@
 // The cross-entropy row kernel of the MuMo head loss on raw pointers (no torch types here;
-// csrc/cpu/mumo_head_bindings.cpp wraps it). Contract: docs/mumo_head.md; the per-row formulas are
+// csrc/cpu/mumo_bindings.cpp wraps it). Contract: docs/mumo_head.md; the per-row formulas are
 // shared with the CUDA kernel (csrc/common/ce_row.h).
 //
 // Per row i with target g = targets[i]: loss[i] = lse(logits[i, :]) − logits[i, g] (0 when

@@ -1,4 +1,4 @@
-// MuMo verification row kernel on raw pointers (no torch types here; csrc/cpu/mumo_verify_bindings.cpp
+// MuMo verification row kernel on raw pointers (no torch types here; csrc/cpu/mumo_bindings.cpp
 // wraps it). The contract is the `lse_pick` primitive of docs/mumo_verify.md:
 //
 //   for i < n, r = rows ? rows[i] : i:

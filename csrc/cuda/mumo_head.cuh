@@ -1,5 +1,5 @@
 // Launcher of the CUDA cross-entropy row kernel of the MuMo head loss (docs/mumo_head.md): plain
-// C++ types only, so the torch binding (mumo_head_bindings.cpp) needs no device code. The per-row
+// C++ types only, so the torch binding (mumo_bindings.cpp) needs no device code. The per-row
 // formulas are shared with the CPU kernel (common/ce_row.h).
 //
 // Per row i with target g = targets[i]:

@@ -1,5 +1,5 @@
 // Launcher of the CUDA MuMo verification row kernel (the `lse_pick` primitive of docs/mumo_verify.md):
-// plain C++ types only, so the torch binding (mumo_verify_bindings.cpp) and other host code can
+// plain C++ types only, so the torch binding (mumo_bindings.cpp) and other host code can
 // call it without CUDA device code.
 //
 //   for i < n, r = rows ? rows[i] : i:
