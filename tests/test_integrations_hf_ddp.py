@@ -6,7 +6,6 @@ the ranks' parameters stay identical; without, they drift apart.
 """
 
 import os
-import time
 
 import pytest
 import torch
@@ -15,10 +14,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 peft = pytest.importorskip("peft")
 
-import torch.multiprocessing as mp  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments  # noqa: E402
 
 from mtkernels.integrations.hf import SelfEvolutionKDTrainer  # noqa: E402
+
+from .spawn import run_ranks  # noqa: E402
 
 WORLD_SIZE = 2
 TIMEOUT_S = 120  # both processes together; a run takes well under a minute
@@ -77,26 +77,10 @@ def _worker(rank, store_path, out_dir):
         torch.distributed.destroy_process_group()
 
 
-def _run_ranks(tmp_path):
-    """Start the ranks and wait for them, at most TIMEOUT_S; a rank's exception is raised here."""
-    context = mp.start_processes(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):  # returns as each rank ends
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the DDP ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-    return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
-
-
 def test_ddp_lora_ranks_stay_identical(tmp_path):
     """The student's forward goes through DDP (so gradients are all-reduced) although ``PeftModel.forward``
     takes no ``logits_to_keep``; the lm_head adapter is trained too."""
-    rank0, rank1 = _run_ranks(tmp_path)
+    rank0, rank1 = run_ranks(_worker, tmp_path, WORLD_SIZE, TIMEOUT_S, "the DDP ranks")
     assert rank0["after"].keys() == rank1["after"].keys()
     assert any("lm_head" in name for name in rank0["after"])
     for name, value in rank0["after"].items():

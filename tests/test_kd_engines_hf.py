@@ -3,18 +3,15 @@
 PEFT LoRA students with and without an adapter on lm_head: the losses and final parameters of one process on
 the whole batches (tests/kd_engines_hf_worker.py). One spawn of the ranks runs every case."""
 
-import time
-
 import pytest
-import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 pytest.importorskip("peft")
 
-import torch.multiprocessing as mp  # noqa: E402
 
 from . import kd_engines_hf_worker as worker  # noqa: E402
+from .spawn import run_ranks  # noqa: E402
 
 TIMEOUT_S = 150
 
@@ -22,18 +19,7 @@ TIMEOUT_S = 150
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kd_engines_hf")
-    context = mp.start_processes(worker.worker, args=(str(tmp / "store"), str(tmp)), nprocs=worker.WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-    return [torch.load(tmp / f"rank{rank}.pt") for rank in range(worker.WORLD_SIZE)]
+    return run_ranks(worker.worker, tmp, worker.WORLD_SIZE, TIMEOUT_S, "the ranks")
 
 
 @pytest.mark.parametrize("case", list(worker.CASES))

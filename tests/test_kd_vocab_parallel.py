@@ -5,13 +5,10 @@ raising the same error on every rank (docs/kd.md, "Vocabulary-parallel").
 One spawn of the two ranks runs every case (tests/kd_vocab_parallel_worker.py); the tests read its results.
 """
 
-import time
-
 import pytest
-import torch
-import torch.multiprocessing as mp
 
 from . import kd_vocab_parallel_worker as worker
+from .spawn import run_ranks
 
 TIMEOUT_S = 150  # both ranks, every case; well under a minute when the machine is not loaded
 
@@ -20,18 +17,7 @@ TIMEOUT_S = 150  # both ranks, every case; well under a minute when the machine 
 def ranks(tmp_path_factory):
     """Each rank's results: ``{case: None or its traceback, "bad_inputs": {case: (error type, message)}}``."""
     tmp = tmp_path_factory.mktemp("vocab_parallel")
-    context = mp.start_processes(worker.worker, args=(str(tmp / "store"), str(tmp)), nprocs=worker.WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the vocabulary-parallel ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-    return [torch.load(tmp / f"rank{rank}.pt") for rank in range(worker.WORLD_SIZE)]
+    return run_ranks(worker.worker, tmp, worker.WORLD_SIZE, TIMEOUT_S, "the vocabulary-parallel ranks")
 
 
 @pytest.mark.parametrize("case", sorted(worker.CASES))

@@ -1,15 +1,11 @@
 """MuMo end to end: head training, MuMoGenerator against loops without cache or trie, plain greedy
 decoding, batching, sampling keys, more than one token per step once trained, and the command line."""
 
-import copy
-import json
-
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
-import mtkernels  # noqa: E402
 from mtkernels.bench import mumo_generation as mg  # noqa: E402
 from mtkernels.mumo import MonoVocab, MuMoGenerator, MuMoHead, train_head  # noqa: E402
 from mtkernels.mumo.trie import build_tries  # noqa: E402
