@@ -26,7 +26,7 @@ import mtkernels
 from mtkernels import backends
 
 from .case_table import add_ratios, format_case_table, timed_record
-from .kd import FUSED_CANDIDATES, Unavailable, cuda_missing_reason
+from .kd import DEVICES, FUSED_CANDIDATES, Unavailable, cuda_missing_reason
 from .measure import Timing
 
 Shape = Tuple[int, int, int, int]  # (N, H, V_multi, V_mono)
@@ -36,6 +36,8 @@ CE_LARGE_SHAPES: List[Shape] = [(1024, 1024, 128256, 30000)]
 OPS = ("mumo_head_topk", "mumo_head_ce_fwd_bwd")
 BASELINE_CASES: Tuple[str, ...] = ("eager", "gemm-floor")
 TOP_K = 10
+__all__ = ["DEVICES", "TOPK_SHAPES", "CE_SHAPES", "CE_LARGE_SHAPES", "Unavailable", "case_names", "cuda_missing_reason",
+           "make_case", "make_inputs", "run", "format_table"]
 
 
 def head_backends(device="cpu") -> List[str]:
