@@ -34,6 +34,28 @@ loss.backward()
 want = kd(h.detach().requires_grad_(), w.detach(), ht, wt, labels, s.detach(), t)
 torch.testing.assert_close(loss, want)
 assert h.grad is not None and w.grad is not None and s.grad is not None
+
+def mumo(logits, ids, lengths, hidden, weight, nodes, node_index, h, wm, f, wo, targets):
+    a = mtkernels.mumo_verify_scores(logits, ids, lengths)
+    b = mtkernels.mumo_verify_scores_fused(hidden, weight, ids, lengths)
+    c = mtkernels.mumo_verify_scores_fused(nodes, weight, ids, lengths, node_index=node_index)
+    probs, top, lse = mtkernels.mumo_head_topk(h, wm, f, wo, k=5, temperature=0.7)
+    return a, b, c, probs, top, lse, mtkernels.mumo_head_cross_entropy(h, wm, f, wo, targets)
+
+B, K, L, V, H = 2, 3, 4, 301, 8
+args = (torch.randn(B, K, L, V, generator=g), torch.randint(0, V, (B, K, L), generator=g),
+        torch.randint(1, L + 1, (B, K), generator=g), torch.randn(B, K, L, H, generator=g),
+        torch.randn(V, H, generator=g), torch.randn(B, 5, H, generator=g), torch.randint(0, 5, (B, K, L), generator=g),
+        torch.randn(4, 8, generator=g), torch.randn(301, 8, generator=g),
+        torch.randn(4, 6, generator=g).requires_grad_(), torch.randn(57, 6, generator=g).requires_grad_(),
+        torch.tensor([0, 300, 301, 357 - 1]))
+out = torch.compile(mumo, fullgraph=True, backend="aot_eager")(*args)
+out[-1].backward()
+f, wo = args[9], args[10]
+want = mumo(*args[:9], f.detach(), wo.detach(), args[11])
+for a, b in zip(out, want):
+    torch.testing.assert_close(a, b)
+assert f.grad is not None and wo.grad is not None
 print("compiled ok")
 """
 
