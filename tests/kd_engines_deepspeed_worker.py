@@ -4,13 +4,11 @@ teacher partitioned too), and by ``SelfEvolutionKDTrainer.train()`` with a ZeRO-
 
 from __future__ import annotations
 
-import os
-import traceback
-
 import torch
 import torch.distributed as dist
 
 from . import kd_engines_hf_worker as hf
+from .spawn import run_cases
 
 WORLD_SIZE = hf.WORLD_SIZE
 # Every parameter partitioned (no persistence threshold): lm_head is empty outside its module's forward.
@@ -69,20 +67,5 @@ CASES = {**{f"zero3_loop-{kind}": (case_zero3, kind) for kind in hf.STUDENTS},
 
 
 def worker(rank, store_path, out_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD_SIZE)
-    results = {}
-    try:
-        wants = {kind: hf.one_process(kind) for kind in hf.STUDENTS}
-        for name, (fn, kind) in CASES.items():
-            try:
-                fn(kind, wants[kind], os.path.join(out_dir, name))
-                results[name] = None
-            except Exception:
-                results[name] = traceback.format_exc()
-            dist.barrier()
-    finally:
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+    run_cases(rank, store_path, out_dir, WORLD_SIZE, lambda: hf.case_calls(CASES, out_dir),
+              env={**hf.rank_env(rank), "DS_ACCELERATOR": "cpu"})

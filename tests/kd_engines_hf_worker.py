@@ -5,8 +5,8 @@ under FSDP2 (``fully_shard``), against the same steps in one process on the whol
 
 from __future__ import annotations
 
+import functools
 import os
-import traceback
 
 import peft
 import torch
@@ -16,6 +16,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from mtkernels import self_evolution_kd_loss
 from mtkernels.integrations.hf import SelfEvolutionKDTrainer, final_hidden_states, output_head
+
+from .spawn import run_cases
 
 WORLD_SIZE = 2
 VOCAB, SEQ, PER_RANK, STEPS, LR = 67, 10, 3, 3, 0.5  # a vocabulary no chunk or block size divides
@@ -185,24 +187,20 @@ CASES = {f"{engine}-{kind}": (fn, kind) for engine, fn in (("trainer_ddp", case_
                                                             ("fsdp2_loop", case_fsdp2_loop)) for kind in STUDENTS}
 
 
+def rank_env(rank):
+    """What torchrun would set, for the Trainer and accelerate."""
+    return dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_WORLD_SIZE=str(WORLD_SIZE))
+
+
+def case_calls(cases, out_dir):
+    """``{name: call}`` for ``cases`` ``{name: (fn, kind)}``, each against one process on the whole batches."""
+    wants = {kind: one_process(kind) for kind in STUDENTS}
+    return {name: functools.partial(fn, kind, wants[kind], os.path.join(out_dir, name))
+            for name, (fn, kind) in cases.items()}
+
+
 def worker(rank, store_path, out_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD_SIZE)
-    results = {}
-    try:
-        wants = {kind: one_process(kind) for kind in STUDENTS}
-        for name, (fn, kind) in CASES.items():
-            try:
-                fn(kind, wants[kind], os.path.join(out_dir, name))
-                results[name] = None
-            except Exception:
-                results[name] = traceback.format_exc()
-            dist.barrier()
-    finally:
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+    run_cases(rank, store_path, out_dir, WORLD_SIZE, lambda: case_calls(CASES, out_dir), env=rank_env(rank))
 
 
 def case_trainer_fsdp2(kind, want, out_dir):
@@ -221,19 +219,7 @@ def case_trainer_fsdp2(kind, want, out_dir):
 
 def gpu_worker(rank, store_path, out_dir):
     """One NCCL rank per GPU running :func:`case_trainer_fsdp2` for every student."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), OMP_NUM_THREADS="1")
     torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"file://{store_path}", rank=rank, world_size=WORLD_SIZE)
-    results = {}
-    try:
-        for kind in STUDENTS:
-            try:
-                case_trainer_fsdp2(kind, one_process(kind), os.path.join(out_dir, kind))
-                results[kind] = None
-            except Exception:
-                results[kind] = traceback.format_exc()
-            dist.barrier()
-    finally:
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+    run_cases(rank, store_path, out_dir, WORLD_SIZE,
+              lambda: case_calls({kind: (case_trainer_fsdp2, kind) for kind in STUDENTS}, out_dir),
+              backend="nccl", env=rank_env(rank))

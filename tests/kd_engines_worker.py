@@ -5,13 +5,14 @@ same steps in one process on the whole batch."""
 from __future__ import annotations
 
 import copy
-import os
-import traceback
 
 import torch
 import torch.distributed as dist
 
 import mtkernels
+
+from .spawn import run_cases
+
 
 WORLD_SIZE = 2
 VOCAB, HIDDEN, TEACHER_HIDDEN, ROWS, STEPS, LR = 301, 16, 24, 24, 3, 0.5
@@ -137,19 +138,8 @@ CASES = {"ddp": case_ddp, "fsdp2": case_fsdp2}
 
 
 def worker(rank, store_path, out_dir):
-    os.environ.update(OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD_SIZE)
-    results = {}
-    try:
+    def calls():
         want = one_process()
-        for name, fn in CASES.items():
-            try:
-                fn(rank, copy.deepcopy(want))
-                results[name] = None
-            except Exception:
-                results[name] = traceback.format_exc()
-        dist.barrier()
-    finally:
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+        return {name: (lambda fn=fn: fn(rank, copy.deepcopy(want))) for name, fn in CASES.items()}
+
+    run_cases(rank, store_path, out_dir, WORLD_SIZE, calls, barrier_each=False)

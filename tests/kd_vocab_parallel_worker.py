@@ -3,13 +3,15 @@ check case, and writes what it saw (per case: None, or the failure; per bad-inpu
 
 from __future__ import annotations
 
-import os
-import traceback
+import functools
 
 import torch
 import torch.distributed as dist
 
 import mtkernels
+
+from .spawn import run_cases
+
 
 WORLD_SIZE = 2
 N, H_S, H_T = 37, 16, 24
@@ -285,19 +287,5 @@ def _bad_inputs(rank):
 
 
 def worker(rank, store_path, out_dir):
-    os.environ.update(OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD_SIZE)
-    results = {}
-    try:
-        for name, fn in CASES.items():
-            try:
-                fn(rank)
-                results[name] = None
-            except Exception:
-                results[name] = traceback.format_exc()
-        results["bad_inputs"] = _bad_inputs(rank)
-        dist.barrier()
-    finally:
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+    run_cases(rank, store_path, out_dir, WORLD_SIZE, {name: functools.partial(fn, rank) for name, fn in CASES.items()},
+              extra=lambda: {"bad_inputs": _bad_inputs(rank)}, barrier_each=False)

@@ -5,7 +5,7 @@ A worker is ``worker(rank, store_path, out_dir)``: it joins a process group thro
 
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 import torch
@@ -28,3 +28,37 @@ def run_ranks(worker: Callable, out_dir, world_size: int, timeout_s: float, what
             if process.is_alive():
                 process.terminate()
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(world_size)]
+
+
+def run_cases(rank: int, store_path: str, out_dir, world_size: int, cases: Dict[str, Callable[[], None]],
+              backend: str = "gloo", env: Optional[Dict[str, str]] = None, extra: Optional[Callable[[], Dict]] = None,
+              barrier_each: bool = True) -> None:
+    """The worker side: join the group, run every case (a case's exception becomes its traceback, the
+    others still run; a barrier after each keeps the ranks in step), then save ``{name: None or
+    traceback}`` (plus ``extra()``'s entries) to ``out_dir/rank{rank}.pt``. ``cases`` may be a callable
+    returning the dict, evaluated after the group is joined (for set-up that needs it)."""
+    import os
+    import traceback
+
+    import torch.distributed as dist
+
+    os.environ.update({"OMP_NUM_THREADS": "1", **(env or {})})
+    if backend == "gloo":
+        torch.set_num_threads(1)
+    dist.init_process_group(backend, init_method=f"file://{store_path}", rank=rank, world_size=world_size)
+    results: Dict[str, Optional[str]] = {}
+    try:
+        for name, fn in (cases() if callable(cases) else cases).items():
+            try:
+                fn()
+                results[name] = None
+            except Exception:
+                results[name] = traceback.format_exc()
+            if barrier_each:
+                dist.barrier()
+        if extra is not None:
+            results.update(extra())
+        dist.barrier()
+    finally:
+        torch.save(results, os.path.join(str(out_dir), f"rank{rank}.pt"))
+        dist.destroy_process_group()
