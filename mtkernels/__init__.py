@@ -4,6 +4,11 @@
     out = mtkernels.fused_collab_softmax([large_logits, small_logits], [1.0, 0.5], top_k=50)
     ids = mtkernels.fused_collab_sample([large, expert, anti_expert], [1.0, 1.0, -1.0], top_p=0.9)
     loss = mtkernels.self_evolution_kd_loss(h_student, lm_head_s, h_teacher, lm_head_t, labels)
+    sigma = mtkernels.mumo_verify_scores_fused(hidden, lm_head.weight, candidate_ids, lengths)
+    probs, ids, lse = mtkernels.mumo_head_topk(h, lm_head.weight, features, w_mono, k=10)
+
+Workflows: ``mtkernels.generation`` (collaborative decoding with Hugging Face models) and
+``mtkernels.mumo`` (MuMo heads), imported on first access.
 """
 
 from . import backends
