@@ -18,8 +18,9 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from .arg_checks import FLOAT_DTYPES
+
 Tensor = torch.Tensor
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Widest candidate list of the fused top-k kernels (Triton, and kMaxTopK in csrc/cuda/collab.cuh,
 # which a test checks against this); wider k is still exact, through the logits kernel and a sort.
 MAX_TOP_K = 1024

@@ -10,10 +10,10 @@ from typing import Optional
 
 import torch
 
+from .arg_checks import FLOAT_DTYPES, float_matrix, values_in_range
 from .kd_options import KDOptions, check_ignore_index
 
 Tensor = torch.Tensor
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclasses.dataclass
@@ -37,14 +37,7 @@ def _matrix(t, name: str, shape_text: str, device=None, vocab_dim: Optional[int]
         raise TypeError(f"{name}: a DTensor (a sharded parameter, e.g. of fully_shard, read outside the module's "
                         f"forward); compute the loss inside a forward, or a method registered with "
                         f"torch.distributed.fsdp.register_fsdp_forward_method, where the weight is whole")
-    if t.dim() != 2:
-        raise ValueError(f"{name}: expected shape {shape_text}, got {tuple(t.shape)}")
-    if vocab_dim is not None and t.shape[vocab_dim] < 1:
-        raise ValueError(f"{name}: expected shape {shape_text} with a non-empty vocabulary, got {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: dtype must be float32, bfloat16 or float16, got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name}: on {t.device}, but student_input is on {device}")
+    float_matrix(t, name, shape_text, device, "student_input", vocab_dim)
 
 
 def _bias(b, name: str, rows: int, device):
@@ -75,12 +68,8 @@ def check_labels(labels, n: int, vocab: Optional[int], ignore_index: int, device
     if vocab is None:
         return
     in_range = (labels == ignore_index) | ((labels >= 0) & (labels < vocab))
-    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(in_range.all()):
-            bad = labels[~in_range][:5].tolist()
-            raise ValueError(f"labels: must be in [0, {vocab}) or ignore_index={ignore_index}, got {bad}")
-    else:  # a device-side assertion: no host sync, no graph break
-        torch._assert_async(in_range.all(), "labels: out of [0, vocab) and not ignore_index")
+    values_in_range(labels, in_range, f"labels: must be in [0, {vocab}) or ignore_index={ignore_index}",
+                    "labels: out of [0, vocab) and not ignore_index")
 
 
 NUM_ITEMS_EXPECTED = "a non-negative whole count (an int, or a one-element tensor holding one)"

@@ -22,7 +22,6 @@ from typing import Optional, Tuple
 import torch
 
 from .. import backends
-from ..reference import mumo_head as ref
 from . import mumo_head_args as args
 from .chunked_loss import (LinearBlock, LinearLogits, chunk_plan, chunked_pass, loss_only_differentiable,
                            refuse_second_backward, row_chunks, scaled_in_place)

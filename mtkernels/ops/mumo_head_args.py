@@ -6,23 +6,16 @@ import numbers
 
 import torch
 
+from .arg_checks import FLOAT_DTYPES, float_matrix, values_in_range
 from .collab_args import MAX_TOP_K
 from .kd_options import REDUCTIONS, _real, _temperature_ok, check_ignore_index
 
 Tensor = torch.Tensor
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPES_TEXT = "float32, bfloat16 or float16"
 
 
 def _matrix(t, name: str, shape_text: str, device=None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor {shape_text}, got {type(t).__name__}")
-    if t.dim() != 2:
-        raise ValueError(f"{name}: expected shape {shape_text}, got {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: dtype must be {_DTYPES_TEXT}, got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name}: on {t.device}, but hidden is on {device}")
+    float_matrix(t, name, shape_text, device, "hidden")
 
 
 def _bias(b, name: str, rows: int, device) -> None:
@@ -94,11 +87,7 @@ def check_targets(targets, n: int, vocab: int, ignore_index, device) -> int:
     if targets.device != device:
         raise ValueError(f"targets: on {targets.device}, but hidden is on {device}")
     in_range = (targets == ignore_index) | ((targets >= 0) & (targets < vocab))
-    if targets.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(in_range.all()):
-            bad = targets[~in_range][:5].tolist()
-            raise ValueError(f"targets: must be in [0, V_multi + V_mono) = [0, {vocab}) or ignore_index="
-                             f"{ignore_index}, got {bad}")
-    else:
-        torch._assert_async(in_range.all(), "targets: out of [0, V_multi + V_mono) and not ignore_index")
+    values_in_range(targets, in_range,
+                    f"targets: must be in [0, V_multi + V_mono) = [0, {vocab}) or ignore_index={ignore_index}",
+                    "targets: out of [0, V_multi + V_mono) and not ignore_index")
     return ignore_index

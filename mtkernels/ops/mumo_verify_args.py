@@ -11,8 +11,9 @@ from typing import Optional
 
 import torch
 
+from .arg_checks import FLOAT_DTYPES, values_in_range
+
 Tensor = torch.Tensor
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
@@ -53,15 +54,8 @@ def check_candidates(candidate_ids, lengths, batch: int, k: int, max_len: int, d
 
 def _in_range(t: Tensor, lo: int, hi: int, name: str, what: str) -> None:
     """Every value of ``t`` in [lo, hi]: ValueError on CPU, a device-side assertion elsewhere."""
-    if t.numel() == 0:
-        return
-    ok = (t >= lo) & (t <= hi)
-    if t.device.type == "cpu":
-        if not bool(ok.all()):
-            bad = t[~ok][:5].tolist()
-            raise ValueError(f"{name}: {what} must be in [{lo}, {hi}], got {bad}")
-    else:
-        torch._assert_async(ok.all(), f"{name}: {what} out of [{lo}, {hi}]")
+    values_in_range(t, (t >= lo) & (t <= hi), f"{name}: {what} must be in [{lo}, {hi}]",
+                    f"{name}: {what} out of [{lo}, {hi}]")
 
 
 def check_values(candidate_ids: Tensor, lengths: Tensor, vocab: int, node_index: Optional[Tensor] = None,
