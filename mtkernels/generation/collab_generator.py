@@ -20,28 +20,13 @@ from .model_set import ModelSet, model_device
 from .prompts import left_pad, translation_prompts
 from .row_params import RowParams
 from .sampling_loop import sample_loop
+from .special_tokens import eos_token_ids, pad_token_id
 from .stopping import StopCriteria
 from .vocab_check import model_label, resolve_tokenizers
 
 Tensor = torch.Tensor
 IdsArg = Union[Tensor, Sequence[Tensor]]
 _SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p")
-
-
-def _eos_ids(value) -> List[int]:
-    if value is None:
-        return []
-    if isinstance(value, Tensor):
-        value = value.tolist()
-    if isinstance(value, numbers.Integral):
-        return [int(value)]
-    return [int(v) for v in value]
-
-
-def _generation_attr(model, name: str):
-    config = getattr(model, "generation_config", None)
-    value = getattr(config, name, None) if config is not None else None
-    return value if value is not None else getattr(getattr(model, "config", None), name, None)
 
 
 def _embedding_rows(model) -> Optional[int]:
@@ -97,24 +82,10 @@ class CollabGenerator:
         self.tokenizer = self.tokenizers[0]
         self.device = model_device(large_model)
         self.vocab_sizes = [_embedding_rows(m) for m in self.models]
-        eos: List[int] = []
-        for tok in {id(t): t for t in self.tokenizers if t is not None}.values():
-            eos += _eos_ids(getattr(tok, "eos_token_id", None))
-        for model in self.models:
-            eos += _eos_ids(_generation_attr(model, "eos_token_id"))
-        self.eos_token_ids: List[int] = list(dict.fromkeys(eos))
-        self.pad_token_id: int = self._pad_token_id()
+        self.eos_token_ids: List[int] = eos_token_ids(self.models, self.tokenizers)
+        self.pad_token_id: int = pad_token_id(self.tokenizer, self.models[0], self.eos_token_ids)
 
     # --- arguments --------------------------------------------------------------------------------
-
-    def _pad_token_id(self) -> int:
-        tok = self.tokenizer
-        for value in (getattr(tok, "pad_token_id", None), _generation_attr(self.models[0], "pad_token_id"),
-                      getattr(tok, "eos_token_id", None)):
-            ids = _eos_ids(value)
-            if ids:
-                return ids[0]
-        return self.eos_token_ids[0] if self.eos_token_ids else 0
 
     def _normalize_weights(self, weights, batch: Optional[int]):
         """M floats, or a ``(B, M)`` float tensor on the large model's device."""

@@ -23,8 +23,11 @@ from typing import List, Optional
 
 import torch
 
+import mtkernels
+
 from ..generation.keys import step_keys
 from ..generation.model_set import cache_keyword, new_cache, select_cache_rows
+from ..generation import special_tokens
 from ..gumbel import gumbel_noise
 from .head import MuMoHead, base_head_bias, base_head_weight
 from .tree_cache import keep_paths, tree_attention_mask
@@ -45,16 +48,6 @@ class GenerationStats:
     @property
     def tokens_per_step(self) -> float:
         return self.new_tokens / self.steps if self.steps else 0.0
-
-
-def _eos_ids(base_model, tokenizer, eos_token_id) -> List[int]:
-    if eos_token_id is None:
-        eos_token_id = getattr(getattr(base_model, "generation_config", None), "eos_token_id", None)
-        if eos_token_id is None and tokenizer is not None:
-            eos_token_id = tokenizer.eos_token_id
-    if eos_token_id is None:
-        return []
-    return [int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])]
 
 
 class MuMoGenerator:
@@ -82,6 +75,8 @@ class MuMoGenerator:
         self.decoder = base_model.get_decoder()
         self._cache_keyword = cache_keyword(type(self.decoder))
         self.word_tokens = [list(t) for t in head.vocab.base_ids]
+        self.eos_token_ids = special_tokens.eos_token_ids([base_model], [tokenizer])
+        self.pad_token_id = special_tokens.pad_token_id(tokenizer, base_model, self.eos_token_ids)
         self.last_stats = GenerationStats()
 
     # --- one step's pieces -------------------------------------------------------------------------
@@ -92,8 +87,6 @@ class MuMoGenerator:
 
     def candidates(self, hidden: Tensor, budgets: List[int]) -> List[List[List[int]]]:
         """``hidden (B, d)`` → per row, the head's top-k as base-token lists (cut to ``budgets[b]``)."""
-        import mtkernels
-
         v_multi = self.weight.shape[0]
         k = min(self.k, v_multi + self.head.num_words)
         _, ids, _ = mtkernels.mumo_head_topk(hidden, self.weight, self.head.features(hidden), self.head.mono_weight,
@@ -131,10 +124,9 @@ class MuMoGenerator:
         mask = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).to(device, torch.int64)
         if mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
-        eos = _eos_ids(self.model, self.tokenizer, eos_token_id)
+        eos = special_tokens.token_ids(eos_token_id) if eos_token_id is not None else self.eos_token_ids
         if pad_token_id is None:
-            tok_pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
-            pad_token_id = tok_pad if tok_pad is not None else (eos[0] if eos else 0)
+            pad_token_id = self.pad_token_id
         if seed is None and not greedy:
             seed = int(torch.randint(0, 2**62, (1,)))
         sentences = (torch.arange(B) if sentence_ids is None else sentence_ids.cpu()).to(torch.int64)
@@ -159,9 +151,6 @@ class MuMoGenerator:
             trie_hidden = self._decode(trie.tokens, tree_mask, next_position.unsqueeze(1) + trie.depth, cache)
             stats.forwards += 1
             rows_hidden = torch.cat([hidden.unsqueeze(1), trie_hidden], dim=1)
-
-            import mtkernels
-
             sigma = mtkernels.mumo_verify_scores_fused(rows_hidden, self.weight, trie.candidate_ids, trie.lengths,
                                                        bias=self.bias, node_index=trie.node_index)
             if greedy:
