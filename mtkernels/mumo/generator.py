@@ -159,18 +159,17 @@ class MuMoGenerator:
                 keys = step_keys(seed, sentences[rows], step).to(sigma.device)
                 cand_index = torch.arange(sigma.shape[1], device=sigma.device).expand_as(sigma)
                 pick = (sigma / temperature + gumbel_noise(keys, cand_index)).argmax(-1)
+            chosen = [row[c] for row, c in zip(cands, pick.tolist())]  # the picks' tokens, already on the host
             slots = torch.arange(len(rows), device=device)
             path = trie.path[slots, pick]                      # (B, L)
             length = trie.lengths[slots, pick]                 # (B,)
-            l_max = int(length.max())
-            mask = keep_paths(cache, mask, path[:, :l_max], length)
+            mask = keep_paths(cache, mask, path[:, :max(map(len, chosen))], length)
             next_position = next_position + length
             last = path.gather(1, (length - 1).unsqueeze(1)).squeeze(1)
             hidden = trie_hidden[slots, last]
 
             keep = []
-            for slot, (r, toks) in enumerate(zip(rows, trie.candidate_ids[slots, pick].tolist())):
-                toks = toks[: int(length[slot])]
+            for slot, (r, toks) in enumerate(zip(rows, chosen)):
                 generated[r].extend(toks)
                 stats.steps += 1
                 stats.new_tokens += len(toks)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 

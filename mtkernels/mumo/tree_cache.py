@@ -80,9 +80,8 @@ def keep_paths(cache, past_mask: Tensor, path: Tensor, path_length: Tensor):
     in_path = src >= T
     path_slot = T + path.to(device).gather(1, (src - T).clamp(0, l_max - 1))
     source = torch.where(in_path, path_slot, src.clamp_min(0))          # into the T + n cache slots
-    mask = torch.where(src < 0, torch.zeros_like(src),
-                       torch.where(in_path, torch.ones_like(src), past_mask.gather(1, src.clamp(0, T - 1)) if T
-                                   else torch.ones_like(src)))
+    # the new mask: 0 on the added padding, 1 on the path, the old mask on the old slots
+    mask = torch.where(in_path, 1, past_mask.gather(1, src.clamp(0, T - 1))).masked_fill(src < 0, 0)
     for owner, key in _layers(cache):
         t = _get(owner, key)
         index = source.to(t.device).view(B, 1, -1, 1).expand(B, t.shape[1], -1, t.shape[3])
