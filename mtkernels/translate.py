@@ -275,7 +275,9 @@ def _check_generator_accepts(decode: Dict[str, object]) -> None:
                          f"(options {', '.join('--' + k.replace('_', '-') for k in missing)} are not supported)")
 
 
-def _device_and_dtype(args: argparse.Namespace, local_rank: int) -> Tuple[str, str]:
+def device_and_dtype(args: argparse.Namespace, local_rank: int) -> Tuple[str, str]:
+    """``(device, dtype name)`` from ``--device`` / ``--dtype``: cuda when present (this rank's GPU),
+    bfloat16 on cuda and float32 on cpu by default; a UsageError when cuda is asked for and absent."""
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -324,7 +326,7 @@ def check(args: argparse.Namespace, local_rank: int = 0) -> Plan:
                 raise UsageError(f"--tokenizer {args.tokenizer}: no tokenizer files in this folder")
         elif not _is_hub_id(args.tokenizer):
             raise UsageError(f"--tokenizer {args.tokenizer}: tokenizer folder not found")
-    device, dtype = _device_and_dtype(args, local_rank)
+    device, dtype = device_and_dtype(args, local_rank)
     vocab = min(_model_vocab(name, flag) for flag, name in models)
     decode = decode_options(args, vocab)
     _check_generator_accepts(decode)

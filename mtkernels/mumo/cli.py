@@ -18,10 +18,9 @@ import sys
 import time
 from typing import List
 
-from ..translate import UsageError, read_lines, write_atomic
+from ..translate import DTYPES, UsageError, device_and_dtype, read_lines, write_atomic
 
 LANG_SCRIPTS = {"ja": ("hiragana", "katakana", "cjk"), "ko": ("hangul",)}
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,14 +92,15 @@ def _positive(args, *names) -> None:
             raise UsageError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
 
 
-def _load_base(path: str, device_arg, dtype_arg):
+def _load_base(path: str, args):
+    """The base model (frozen, eval mode) and its tokenizer, on ``--device`` in ``--dtype`` (the
+    defaults of ``mtkernels translate``). The model's own attention: the trie step needs a 4-D mask,
+    which flash-attention does not take."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    dtype = getattr(torch, dtype_arg or ("bfloat16" if device == "cuda" else "float32"))
+    device, dtype_name = device_and_dtype(args, 0)
+    dtype = getattr(torch, dtype_name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -148,7 +148,7 @@ def _train(args) -> int:
         vocab = MonoVocab.load(args.vocab)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"--vocab {args.vocab}: {exc}")
-    model, tokenizer = _load_base(args.base, args.device, args.dtype)
+    model, tokenizer = _load_base(args.base, args)
     try:
         head = MuMoHead(model, vocab)
     except ValueError as exc:
@@ -176,7 +176,7 @@ def _generate(args) -> int:
     _positive(args, "max_new_tokens", "k", "batch_size")
     if args.temperature is not None and not args.temperature > 0:
         raise UsageError(f"--temperature: expected a value > 0, got {args.temperature}")
-    model, tokenizer = _load_base(args.base, args.device, args.dtype)
+    model, tokenizer = _load_base(args.base, args)
     try:
         head = MuMoHead.from_pretrained(args.head, model)
     except ValueError as exc:
